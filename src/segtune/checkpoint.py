@@ -1,0 +1,62 @@
+"""Owns segtune's checkpoint format: a plain dict of tensors and plain values, saved atomically.
+
+Layout (``format_version`` 1): ``format_version``, ``segtune_version``, ``model`` (state dict),
+``optimizer``, ``scheduler``, ``epoch`` (epochs completed), ``step`` (iterations done), ``classes``
+(names, background excluded), ``config`` (the resolved config as a plain dict), ``split`` (train and
+test file names), ``metrics`` (the last evaluation). Loading uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segtune import __version__
+from segtune.errors import CheckpointError
+from segtune.fileio import atomic_write
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "model", "classes", "config")
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    """Write ``state`` (plus format and version keys) to ``path`` via a temporary file and a rename."""
+    payload = {"format_version": FORMAT_VERSION, "segtune_version": __version__, **state}
+    return atomic_write(path, lambda f: torch.save(payload, f), binary=True)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and check a segtune checkpoint.
+
+    Raises:
+        CheckpointError: the file is missing, not loadable with ``weights_only=True``, or not ours.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "weights" / "best.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"{path}: a folder, and it holds no weights/best.pt")
+        path = candidate
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated zip, or objects weights_only refuses
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a segtune checkpoint (holds a {type(ckpt).__name__}, not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        hint = ""
+        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            hint = "; it looks like a bare state dict: use it with 'segtune train --weights PATH'"
+        raise CheckpointError(f"{path}: not a segtune checkpoint (missing key '{missing[0]}'){hint}")
+    if ckpt["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {ckpt['format_version']} is newer than this segtune reads ({FORMAT_VERSION})"
+        )
+    ckpt["path"] = str(path)
+    return ckpt

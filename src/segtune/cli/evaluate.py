@@ -1,0 +1,32 @@
+"""``segtune evaluate``: COCO bbox + segm AP of a checkpoint on its run's test split."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from segtune.evaluation import evaluate_checkpoint
+from segtune.fileio import write_json
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="COCO bbox + segm AP of a checkpoint",
+                       description="Evaluate a checkpoint on the test split saved with its run.")
+    p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
+    p.add_argument("--data", help="data set folder, if not the one the checkpoint was trained on")
+    p.add_argument("--split", choices=["test", "train", "all"], default="test", help="which images (default: test)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: the run's eval batch size)")
+    p.add_argument("--workers", type=int, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, device=args.device,
+                                 batch_size=args.batch_size, workers=args.workers)
+    if args.out:
+        write_json(args.out, {"split": args.split, "num_images": report.num_images, "metrics": report.metrics})
+    parts = [f"{t} AP {m['AP']:.3f} (AP50 {m['AP50']:.3f})" for t, m in report.metrics.items()]
+    print(f"{report.num_images} {args.split} images, {report.num_detections} detections: " + ", ".join(parts))
+    return 0

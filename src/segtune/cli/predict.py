@@ -1,0 +1,41 @@
+"""``segtune predict``: pictures with masks/boxes/names/scores and a COCO-results JSON."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from segtune.checkpoint import load_checkpoint
+from segtune.config import resolve_data_path
+from segtune.errors import ConfigError
+from segtune.predict import Predictor, predict_to_folder
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("predict", help="draw and save predictions for images",
+                       description="Predict on image files, folders or globs (or the run's test split) and "
+                       "write one picture per image plus predictions.json (COCO results).")
+    p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
+    p.add_argument("inputs", nargs="*", help="image files, folders, or glob patterns")
+    p.add_argument("--split", choices=["test", "train"], help="predict on this split of the run's data set instead")
+    p.add_argument("--out", default="preds", help="output folder (default: preds)")
+    p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default: 0.5)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    inputs = list(args.inputs)
+    if args.split:
+        ckpt = load_checkpoint(args.checkpoint)
+        cfg = ckpt["config"]["data"]
+        images = Path(resolve_data_path(cfg.get("path"))) / cfg["images_dir"]
+        inputs += [str(images / name) for name in ckpt["split"][args.split]]
+    if not inputs:
+        raise ConfigError("predict needs image files, folders or globs, or --split test")
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
+    summary = predict_to_folder(predictor, inputs, args.out)
+    print(f"{len(summary.pictures)} pictures in {summary.out_dir}/; {summary.num_detections} detections "
+          f"(score >= {args.score_threshold}) in {summary.results_file}")
+    return 0

@@ -1,0 +1,283 @@
+"""Owns the run configuration: one typed tree of dataclasses, presets, YAML and dotted overrides.
+
+Precedence, lowest first: the dataclass defaults (which are the torchvision tutorial recipe), the
+preset, a YAML file, then command-line flags / ``section.key=value`` overrides. The resolved tree is
+what a run saves as ``config.yaml`` and what ``segtune train --config`` reads back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segtune.errors import ConfigError
+
+CONFIG_VERSION = 1
+#: Where the README's main job finds Penn-Fudan when neither --data nor SEGTUNE_DATA is given.
+DEFAULT_DATA_PATH = "../shared/data/PennFudanPed"
+
+
+def _opt(default: Any, help: str, *, flag: str | None = None, choices: list[str] | None = None) -> Any:
+    meta = {"help": help, "flag": flag, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    path: str | None = _opt(
+        None, f"data set folder (default: $SEGTUNE_DATA, else {DEFAULT_DATA_PATH})", flag="--data"
+    )
+    images_dir: str = _opt("PNGImages", "folder of images inside the data set")
+    masks_dir: str = _opt("PedMasks", "folder of instance masks inside the data set")
+    mask_suffix: str = _opt("_mask", "mask file name = image stem + this suffix (+ any image extension)")
+    classes: list[str] = _opt(["pedestrian"], "class names, comma-separated (mask folders: every instance is class 1)")
+    test_size: float = _opt(50, "test split: a count of images, or a fraction if below 1")
+    split_seed: int = _opt(0, "seed of the random train/test split")
+    workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
+
+
+@dataclass
+class ModelConfig:
+    name: str = _opt("maskrcnn_resnet50_fpn", "model architecture", flag="--model", choices=["maskrcnn_resnet50_fpn"])
+    weights: str = _opt("DEFAULT", "DEFAULT | COCO_V1 | none | path to a .pth/.pt file")
+    min_size: int = _opt(800, "shorter image side after the model's resize")
+    max_size: int = _opt(1333, "longer image side cap after the model's resize")
+    trainable_backbone_layers: int | None = _opt(None, "ResNet stages to train, 0-5 (default: 3 when pretrained, 5 otherwise)")
+    rpn_pre_nms_top_n_train: int = _opt(2000, "RPN proposals kept before NMS, training")
+    rpn_post_nms_top_n_train: int = _opt(2000, "RPN proposals kept after NMS, training")
+    rpn_pre_nms_top_n_test: int = _opt(1000, "RPN proposals kept before NMS, inference")
+    rpn_post_nms_top_n_test: int = _opt(1000, "RPN proposals kept after NMS, inference")
+    box_batch_size_per_image: int = _opt(512, "RoIs sampled per image for the box/mask heads in training")
+    box_detections_per_img: int = _opt(100, "most detections returned per image")
+    mask_hidden: int = _opt(256, "hidden channels of the new mask predictor")
+
+
+@dataclass
+class TrainConfig:
+    preset: str = _opt("tutorial", "named recipe applied under your settings: tutorial | cpu-quick | auto",
+                       choices=["tutorial", "cpu-quick", "auto"])
+    out: str = _opt("runs/train", "run folder (a new numbered one is made if it already holds a run)")
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    epochs: int = _opt(10, "training epochs")
+    batch_size: int = _opt(2, "images per batch")
+    lr: float = _opt(0.005, "SGD learning rate")
+    momentum: float = _opt(0.9, "SGD momentum")
+    weight_decay: float = _opt(5e-4, "SGD weight decay")
+    warmup_iters: int | None = _opt(None, "linear warm-up iterations (default: the first epoch, at most 1000)")
+    warmup_factor: float = _opt(0.001, "learning-rate factor at the first warm-up iteration")
+    lr_step: int = _opt(3, "StepLR: decay the learning rate every this many epochs")
+    lr_gamma: float = _opt(0.1, "StepLR: decay factor")
+    hflip_prob: float = _opt(0.5, "probability of a random horizontal flip")
+    max_iters_per_epoch: int | None = _opt(None, "stop each epoch after this many iterations (short runs)")
+    seed: int = _opt(0, "seed of the model initialisation and data order")
+    print_freq: int = _opt(10, "log a line every this many iterations")
+
+
+@dataclass
+class EvalConfig:
+    mask_threshold: float = _opt(0.5, "a predicted mask pixel is foreground above this probability")
+    batch_size: int = _opt(1, "images per batch in evaluation", flag="--eval-batch-size")
+
+
+@dataclass
+class Config:
+    version: int = CONFIG_VERSION
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
+
+#: Named recipes, as dotted overrides on top of the defaults (the defaults are ``tutorial``).
+PRESETS: dict[str, dict[str, Any]] = {
+    # The torchvision fine-tuning tutorial: COCO-pretrained Mask R-CNN, 10 epochs, batch 2.
+    "tutorial": {},
+    # A short schedule that finishes in minutes on a 2-core CPU without pretrained weights: smaller
+    # images, fewer proposals and RoI samples, a capped number of iterations. It shows the whole
+    # pipeline working; accuracy from random initialisation in minutes is near zero.
+    "cpu-quick": {
+        "model.weights": "none",
+        "model.min_size": 320,
+        "model.max_size": 512,
+        "model.rpn_pre_nms_top_n_train": 600,
+        "model.rpn_post_nms_top_n_train": 300,
+        "model.rpn_pre_nms_top_n_test": 300,
+        "model.rpn_post_nms_top_n_test": 150,
+        "model.box_batch_size_per_image": 128,
+        "train.epochs": 2,
+        "train.lr": 0.01,
+        "train.warmup_iters": 20,
+        "train.lr_step": 1,
+        "train.max_iters_per_epoch": 60,
+    },
+}
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert what is safe (int to float, str to list)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], where)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, item_tp, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value the way YAML would (``0.01`` is a float, ``none`` stays a string)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML reads "none"/"None" as a string and "null"/"~" as None; keep ``none`` a string for weights.
+    return value
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any, *, source: str = "override") -> None:
+    """Set ``section.key`` in a nested dict, checking that the key exists."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        raise ConfigError(f"{source}: '{key}' is not a config key (write section.key, sections: {', '.join(SECTIONS)})")
+    valid = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if name not in valid:
+        raise ConfigError(f"{source}: '{key}' is not a config key" + _suggest(name, valid))
+    tree.setdefault(section, {})[name] = value
+
+
+def flatten(tree: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for section, values in tree.items():
+        if section == "version":
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"config: section '{section}' must be a mapping, got {values!r}")
+        for name, value in values.items():
+            out[f"{section}.{name}"] = value
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a config YAML file into a nested dict (not yet checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(tree).__name__}")
+    version = tree.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError(f"{path}: config version {version} is not supported (this segtune reads version {CONFIG_VERSION})")
+    return tree
+
+
+def build_config(*layers: tuple[str, dict[str, Any]]) -> Config:
+    """Build a checked :class:`Config` from layers of dotted overrides, lowest precedence first.
+
+    Each layer is ``(source, {"section.key": value})``; ``source`` names the file or flag in errors.
+    """
+    tree: dict[str, dict[str, Any]] = {}
+    sources: dict[str, str] = {}
+    for source, overrides in layers:
+        for key, value in overrides.items():
+            set_dotted(tree, key, value, source=source)
+            sources[key] = source
+    sections = {}
+    for section, cls in SECTIONS.items():
+        hints = field_types(cls)
+        values = {
+            name: coerce(value, hints[name], f"{sources[f'{section}.{name}']}: {section}.{name}")
+            for name, value in tree.get(section, {}).items()
+        }
+        sections[section] = cls(**values)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def preset_layer(name: str) -> tuple[str, dict[str, Any]]:
+    if name not in PRESETS:
+        raise ConfigError(f"preset '{name}' is unknown; choose one of: {', '.join(PRESETS)}, auto")
+    return (f"preset {name}", {**PRESETS[name], "train.preset": name})
+
+
+def validate(cfg: Config) -> None:
+    """Check values that a type alone does not constrain."""
+    checks = [
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.lr > 0, "train.lr must be positive"),
+        (0.0 <= cfg.train.hflip_prob <= 1.0, "train.hflip_prob must be between 0 and 1"),
+        (cfg.train.max_iters_per_epoch is None or cfg.train.max_iters_per_epoch >= 1,
+         "train.max_iters_per_epoch must be at least 1"),
+        (cfg.train.lr_step >= 1, "train.lr_step must be at least 1"),
+        (cfg.data.test_size > 0, "data.test_size must be positive"),
+        (len(cfg.data.classes) >= 1, "data.classes must name at least one class"),
+        (cfg.model.min_size >= 32 and cfg.model.max_size >= cfg.model.min_size,
+         "model.min_size must be at least 32 and model.max_size at least model.min_size"),
+        (cfg.train.preset in (*PRESETS, "auto"), f"train.preset must be one of: {', '.join(PRESETS)}, auto"),
+        (cfg.model.name in ("maskrcnn_resnet50_fpn",), "model.name: only maskrcnn_resnet50_fpn is available"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def resolve_data_path(path: str | None) -> str:
+    """The data folder: the given path, else ``$SEGTUNE_DATA``, else the shared Penn-Fudan copy."""
+    return path or os.environ.get("SEGTUNE_DATA") or DEFAULT_DATA_PATH

@@ -1,0 +1,51 @@
+"""Owns the reproducible train/test split of a data set's files, saved beside a run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from pathlib import Path
+
+from segtune.errors import DatasetError
+from segtune.fileio import write_json
+
+logger = logging.getLogger(__name__)
+
+
+def make_split(files: list[str], test_size: float, seed: int) -> dict[str, list[str]]:
+    """Split ``files`` into ``{"train": [...], "test": [...]}`` with a seeded shuffle.
+
+    ``test_size`` is a count, or a fraction of the files when below 1. A count that leaves no
+    training image falls back to 20% with a warning (small data sets with the default of 50).
+    """
+    n = len(files)
+    if n < 2:
+        raise DatasetError(f"the data set has {n} image(s); a train/test split needs at least 2")
+    count = round(test_size * n) if test_size < 1 else int(test_size)
+    if count >= n:
+        fallback = max(1, round(0.2 * n))
+        logger.warning("test size %s leaves no training image out of %d; using %d test images", test_size, n, fallback)
+        count = fallback
+    count = max(1, count)
+    order = sorted(files)
+    random.Random(seed).shuffle(order)
+    return {"train": sorted(order[count:]), "test": sorted(order[:count])}
+
+
+def save_split(path: str | os.PathLike, split: dict[str, list[str]]) -> None:
+    write_json(path, split)
+
+
+def load_split(path: str | os.PathLike) -> dict[str, list[str]]:
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: split file not found") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in ("train", "test")):
+        raise DatasetError(f"{path}: a split file must hold 'train' and 'test' lists of file names")
+    return split

@@ -1,0 +1,91 @@
+"""Owns training-progress reporting: smoothed loss terms, timings, ETA, memory; bar or plain lines.
+
+Modelled on the reporting of torchvision's reference ``engine.py`` (median over a window and the
+global average of each term) but written for segtune: it also drives a tqdm bar on a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+
+import torch
+
+from segtune.runtime import format_seconds, is_terminal, peak_memory_mb
+
+logger = logging.getLogger("segtune.train")
+
+
+class Smoothed:
+    """A running series: median of the last ``window`` values and the average of all of them."""
+
+    def __init__(self, window: int = 20) -> None:
+        self.recent: deque[float] = deque(maxlen=window)
+        self.total = 0.0
+        self.count = 0
+
+    def update(self, value: float) -> None:
+        self.recent.append(value)
+        self.total += value
+        self.count += 1
+
+    @property
+    def median(self) -> float:
+        values = sorted(self.recent)
+        return values[len(values) // 2] if values else 0.0
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(1, self.count)
+
+
+class EpochReporter:
+    """Collects one epoch's losses and timings and reports them every ``print_freq`` iterations."""
+
+    def __init__(self, epoch: int, total: int, *, device: torch.device, print_freq: int = 10) -> None:
+        self.epoch, self.total, self.device, self.print_freq = epoch, total, device, print_freq
+        self.meters: dict[str, Smoothed] = {}
+        self.iter_time, self.data_time = Smoothed(), Smoothed()
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if is_terminal():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+    def data_ready(self) -> None:
+        self.data_time.update(time.perf_counter() - self.last)
+
+    def step(self, i: int, losses: dict[str, float], lr: float) -> None:
+        now = time.perf_counter()
+        self.iter_time.update(now - self.last)
+        self.last = now
+        for name, value in losses.items():
+            self.meters.setdefault(name, Smoothed()).update(value)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.meters['loss'].median:.3f}", lr=f"{lr:.2e}",
+                                 s_it=f"{self.iter_time.median:.2f}", refresh=False)
+            self.bar.update(1)
+        if i % self.print_freq == 0 or i == self.total:
+            self._line(i, lr)
+
+    def _line(self, i: int, lr: float) -> None:
+        eta = self.iter_time.global_avg * (self.total - i)
+        terms = "  ".join(f"{k}: {m.median:.4f} ({m.global_avg:.4f})" for k, m in self.meters.items())
+        logger.info(
+            "Epoch: [%d]  [%*d/%d]  eta: %s  lr: %.6f  %s  time: %.4f  data: %.4f  max mem: %.0f MB",
+            self.epoch, len(str(self.total)), i, self.total, format_seconds(eta), lr, terms,
+            self.iter_time.median, self.data_time.median, peak_memory_mb(self.device),
+        )
+
+    def close(self) -> dict[str, float]:
+        """End the epoch; return the average of each loss term plus the time taken."""
+        if self.bar is not None:
+            self.bar.close()
+        elapsed = time.perf_counter() - self.start
+        n = max(1, self.iter_time.count)
+        logger.info("Epoch: [%d] Total time: %s (%.4f s / it)", self.epoch, format_seconds(elapsed), elapsed / n)
+        out = {name: m.global_avg for name, m in self.meters.items()}
+        out.update({"time_s": elapsed, "s_per_iter": elapsed / n, "iters": self.iter_time.count})
+        return out

@@ -1,0 +1,62 @@
+"""Owns the run folder: its name, its log file, and the metrics files written after every epoch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from segtune.fileio import write_json, write_text
+
+CONFIG_FILE, SPLIT_FILE, LOG_FILE = "config.yaml", "split.json", "train.log"
+METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
+
+
+def new_run_dir(out: str | os.PathLike) -> Path:
+    """``out`` itself if it is new or empty, else the first free ``out-2``, ``out-3``, ... (never overwrite a run)."""
+    base = Path(out)
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    (candidate / "weights").mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def attach_log_file(run_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    logging.getLogger("segtune").addHandler(handler)
+    return handler
+
+
+def detach_log_file(handler: logging.Handler) -> None:
+    logging.getLogger("segtune").removeHandler(handler)
+    handler.close()
+
+
+def flat_row(record: dict[str, Any]) -> dict[str, Any]:
+    """One epoch's record as a flat CSV row: ``train/loss``, ``bbox/AP``, ``segm/AP50``, ..."""
+    row: dict[str, Any] = {"epoch": record["epoch"], "lr": record["lr"]}
+    row.update({f"train/{k}": v for k, v in record["train"].items()})
+    for iou_type, stats in record["metrics"].items():
+        row.update({f"{iou_type}/{k}": v for k, v in stats.items()})
+    return row
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.json`` (nested) and ``metrics.csv`` (one row per epoch), each atomically."""
+    write_json(run_dir / METRICS_JSON, history)
+    rows = [flat_row(r) for r in history]
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(c for c in row if c not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(run_dir / METRICS_CSV, buf.getvalue())

@@ -1,0 +1,141 @@
+"""Owns running a trained model on images: a checkpoint in, boxes / masks / class names out."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from segtune.checkpoint import load_checkpoint
+from segtune.data.images import IMAGE_EXTENSIONS, load_rgb
+from segtune.errors import DatasetError
+from segtune.evaluation.coco_eval import detections
+from segtune.models import model_from_checkpoint
+from segtune.predict.visualise import draw
+from segtune.runtime import resolve_device
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+
+
+@dataclass
+class Prediction:
+    """One image's detections above the score threshold.
+
+    ``boxes`` float32[N, 4] XYXY in pixels of the input image; ``scores`` float32[N]; ``labels``
+    int64[N] (1-based); ``masks`` bool[N, H, W] or None for box-only models; ``names`` class names.
+    """
+
+    image: torch.Tensor  # uint8[3, H, W], as given
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    names: list[str]
+    raw: dict[str, torch.Tensor]  # the model's output before thresholds (soft masks included)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def draw(self) -> torch.Tensor:
+        """The image with masks, boxes, class names and scores drawn over it (uint8[3, H, W])."""
+        captions = [f"{n} {s:.2f}" for n, s in zip(self.names, self.scores.tolist())]
+        return draw(self.image, self.boxes, captions, self.masks)
+
+    def to_coco(self, image_id: int, mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+        """COCO results entries (bbox XYWH, score, category_id, RLE segmentation)."""
+        keep = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+        if self.masks is not None:
+            keep["masks"] = self.masks[:, None].float()
+        return detections(image_id, keep, mask_threshold=mask_threshold)
+
+
+def to_uint8_chw(image: ImageInput) -> torch.Tensor:
+    if isinstance(image, (str, os.PathLike)):
+        array = load_rgb(image)
+    elif isinstance(image, Image.Image):
+        array = np.asarray(image.convert("RGB"))
+    else:
+        array = np.asarray(image)
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+    return torch.from_numpy(np.ascontiguousarray(array[:, :, :3])).permute(2, 0, 1).to(torch.uint8)
+
+
+class Predictor:
+    """Callable wrapper around a trained model.
+
+    Example::
+
+        predictor = Predictor.from_checkpoint("runs/pennfudan/weights/best.pt")
+        pred = predictor("street.png")
+        print(pred.names, pred.scores)
+    """
+
+    def __init__(self, model: nn.Module, classes: list[str], *, device: torch.device | str = "cpu",
+                 score_threshold: float = 0.5, mask_threshold: float = 0.5) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.classes = list(classes)
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5) -> Predictor:
+        """Load a segtune checkpoint (a ``.pt`` file or a run folder). Raises ``CheckpointError``."""
+        ckpt = load_checkpoint(path)
+        model, cfg = model_from_checkpoint(ckpt)
+        return cls(model, ckpt["classes"], device=resolve_device(device), score_threshold=score_threshold,
+                   mask_threshold=cfg.eval.mask_threshold)
+
+    def name(self, label: int) -> str:
+        return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class{label}"
+
+    @torch.inference_mode()
+    def __call__(self, image: ImageInput) -> Prediction:
+        return self.predict_batch([image])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: Iterable[ImageInput]) -> list[Prediction]:
+        tensors = [to_uint8_chw(img) for img in images]
+        outputs = self.model([t.to(self.device).float() / 255.0 for t in tensors])
+        preds = []
+        for tensor, out in zip(tensors, outputs):
+            out = {k: v.cpu() for k, v in out.items()}
+            keep = out["scores"] >= self.score_threshold
+            masks = out["masks"][keep, 0] > self.mask_threshold if "masks" in out else None
+            labels = out["labels"][keep]
+            preds.append(Prediction(
+                image=tensor, boxes=out["boxes"][keep], scores=out["scores"][keep], labels=labels, masks=masks,
+                names=[self.name(int(k)) for k in labels], raw=out,
+            ))
+        return preds
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files as given, folders as the images inside them (sorted), globs as their matches."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise DatasetError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        elif p.is_file():
+            paths.append(p)
+        elif any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DatasetError(f"{item}: pattern matches no file")
+            paths.extend(matches)
+        else:
+            raise DatasetError(f"{p}: no such file or folder")
+    return paths

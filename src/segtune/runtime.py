@@ -1,0 +1,82 @@
+"""Owns the process-level choices: device, seeds, worker counts, memory readings, progress display."""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from segtune.errors import ConfigError
+
+logger = logging.getLogger("segtune")
+T = TypeVar("T")
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an explicit device must exist."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device '{spec}' is not a device (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return device
+
+
+def default_workers(device: torch.device, requested: int | None) -> int:
+    if requested is not None:
+        return max(0, requested)
+    # On CPU the model needs every core and decoding a PNG is cheap next to a training step.
+    return 4 if device.type == "cuda" else 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: CUDA allocator peak on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def track(items: Iterable[T], *, total: int, desc: str, every: int = 10) -> Iterator[T]:
+    """Iterate with a progress bar on a terminal, or a log line every ``every`` items otherwise."""
+    if is_terminal():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return
+    start = time.perf_counter()
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % every == 0 or i == total:
+            elapsed = time.perf_counter() - start
+            eta = elapsed / i * (total - i)
+            logger.info("%s: %d/%d  %.2f s/it  eta %s", desc, i, total, elapsed / i, format_seconds(eta))
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}"
