@@ -37,6 +37,7 @@ def _decode(path: Path) -> Image.Image:
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        img.close()
         raise DatasetError(f"{path}: image data is truncated or corrupt ({e})") from None
     return img
 

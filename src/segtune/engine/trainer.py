@@ -78,6 +78,21 @@ def train_one_epoch(
     return report.close(), step
 
 
+def _log_setting_notes(cfg: Config, device: torch.device) -> None:
+    """Say plainly what this run could not use (pretrained weights, a GPU) and what that means."""
+    if cfg.model.weights in ("none", "None", ""):
+        logger.warning(
+            "NOTE: training from random initialisation (no pretrained weights). Mask R-CNN needs many "
+            "epochs to learn from scratch: expect AP near 0 after a short run. With COCO weights "
+            "(--weights DEFAULT, needs network once or the file in the torch hub cache) the tutorial "
+            "recipe reaches about 0.8 bbox AP on Penn-Fudan."
+        )
+    if device.type == "cpu":
+        logger.info("device: CPU (%d threads); no GPU in use", torch.get_num_threads())
+    else:
+        logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
+
+
 def train(cfg: Config) -> TrainResult:
     """Train, evaluate after every epoch and checkpoint, as ``cfg`` says; return the results.
 
@@ -99,18 +114,6 @@ def train(cfg: Config) -> TrainResult:
     seed_everything(cfg.train.seed)
     num_classes = len(cfg.data.classes) + 1
     model = build_from_config(cfg.model, num_classes=num_classes).to(device)
-    if cfg.model.weights in ("none", "None", ""):
-        logger.warning(
-            "NOTE: training from random initialisation (no pretrained weights). Mask R-CNN needs many "
-            "epochs to learn from scratch: expect AP near 0 after a short run. With COCO weights "
-            "(--weights DEFAULT, needs network once or the file in the torch hub cache) the tutorial "
-            "recipe reaches about 0.8 bbox AP on Penn-Fudan."
-        )
-    if device.type == "cpu":
-        logger.info("device: CPU (%d threads); no GPU in use", torch.get_num_threads())
-    else:
-        logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
-
     train_ds = build_dataset(cfg.data, files=split["train"], train=True, hflip_prob=cfg.train.hflip_prob)
     test_ds = build_dataset(cfg.data, files=split["test"], train=False)
     workers = default_workers(device, cfg.data.workers)
@@ -129,6 +132,7 @@ def train(cfg: Config) -> TrainResult:
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         save_split(run_dir / SPLIT_FILE, split)
         logger.info("run folder: %s", run_dir)
+        _log_setting_notes(cfg, device)
         logger.info("split: %d train / %d test images (seed %d, saved in %s)",
                     len(train_ds), len(test_ds), cfg.data.split_seed, run_dir / SPLIT_FILE)
         logger.info("schedule: %d epochs x %d iterations, batch %d", cfg.train.epochs, iters, cfg.train.batch_size)

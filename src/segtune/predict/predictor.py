@@ -66,7 +66,7 @@ def to_uint8_chw(image: ImageInput) -> torch.Tensor:
         array = np.asarray(image)
         if array.ndim == 2:
             array = np.repeat(array[:, :, None], 3, axis=2)
-    return torch.from_numpy(np.ascontiguousarray(array[:, :, :3])).permute(2, 0, 1).to(torch.uint8)
+    return torch.from_numpy(np.array(array[:, :, :3], dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
 
 
 class Predictor:

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny synthetic data sets written in tmp_path, and the real Penn-Fudan folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PENNFUDAN = Path(os.environ.get("SEGTUNE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "PennFudanPed"))
+
+# Small model settings so a Mask R-CNN step runs in about a second on a CPU.
+TINY_MODEL = {
+    "model.weights": "none", "model.min_size": 64, "model.max_size": 96,
+    "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
+    "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 25,
+    "model.box_batch_size_per_image": 32, "model.box_detections_per_img": 20,
+}
+
+
+def make_mask_folder(root: Path, n: int = 6, size: tuple[int, int] = (72, 96), empty: tuple[int, ...] = (0,),
+                     seed: int = 0) -> Path:
+    """Write ``n`` RGB images with 1-2 filled rectangles each and their instance masks (Penn-Fudan layout).
+
+    Images listed in ``empty`` have no object. Returns ``root``.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    (root / "PNGImages").mkdir(parents=True, exist_ok=True)
+    (root / "PedMasks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), dtype=np.uint8)
+        if i not in empty:
+            for k in range(1, 1 + (i % 2) + 1):
+                y0, x0 = int(rng.integers(0, h // 2)), int(rng.integers(0, w // 2))
+                y1, x1 = y0 + int(rng.integers(12, h // 2)), x0 + int(rng.integers(12, w // 2))
+                mask[y0:y1, x0:x1] = k
+                image[y0:y1, x0:x1] = (200, 60 * k, 40)
+        Image.fromarray(image).save(root / "PNGImages" / f"img{i:03d}.png")
+        Image.fromarray(mask, mode="L").save(root / "PedMasks" / f"img{i:03d}_mask.png")
+    return root
+
+
+@pytest.fixture
+def mask_folder(tmp_path: Path) -> Path:
+    return make_mask_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def pennfudan() -> Path:
+    if not (PENNFUDAN / "PNGImages").is_dir():
+        pytest.skip(f"Penn-Fudan not found at {PENNFUDAN}")
+    return PENNFUDAN
