@@ -51,9 +51,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         hint = ""
-        if all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
             hint = "; it looks like a bare state dict: use it with 'segtune train --weights PATH'"
         raise CheckpointError(f"{path}: not a segtune checkpoint (missing key '{missing[0]}'){hint}")
+    if not isinstance(ckpt["format_version"], int):
+        raise CheckpointError(f"{path}: not a segtune checkpoint (format_version is {ckpt['format_version']!r})")
     if ckpt["format_version"] > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format {ckpt['format_version']} is newer than this segtune reads ({FORMAT_VERSION})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -88,7 +89,7 @@ def score(
     and images without objects are valid input.
     """
     print_fn = print_fn or logger.info
-    coco_gt = COCO(gt)
+    coco_gt = COCO(copy.deepcopy(gt))  # faster-coco-eval adds fields to the annotations it is given
     out: dict[str, dict[str, float]] = {}
     for iou_type in iou_types:
         # loadRes fills in areas and ids; give it copies so bbox and segm runs do not see each other's edits.

@@ -70,12 +70,14 @@ def evaluate_model(
     model.eval()
     results: list[dict[str, Any]] = []
     loader = build_loader(dataset, batch_size=batch_size, train=False, workers=workers)
-    for images, targets in track(loader, total=len(loader), desc="evaluate"):
-        outputs = model([img.to(device) for img in images])
-        for target, output in zip(targets, outputs):
-            results.extend(detections(target["image_id"], {k: v.cpu() for k, v in output.items()},
-                                      mask_threshold=mask_threshold))
-    model.train(was_training)
+    try:
+        for images, targets in track(loader, total=len(loader), desc="evaluate"):
+            outputs = model([img.to(device) for img in images])
+            for target, output in zip(targets, outputs):
+                results.extend(detections(target["image_id"], {k: v.cpu() for k, v in output.items()},
+                                          mask_threshold=mask_threshold))
+    finally:
+        model.train(was_training)
     summary: list[str] = []
     shown: dict[str, int] = {}
 

@@ -16,7 +16,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from segtune.config import build_config, flatten
 from segtune.errors import CheckpointError, ConfigError, WeightsError
-from segtune.models.weights import load_pretrained, load_state_dict_file, resolve_weights
+from segtune.models.weights import load_pretrained, load_state_dict_file, official_entry, resolve_weights
 from segtune.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def maskrcnn_resnet50_fpn(
     Raises:
         WeightsError: the weights cannot be found, fetched or loaded.
     """
-    resolved = resolve_weights("maskrcnn_resnet50_fpn", weights)
+    resolved = resolve_weights("maskrcnn_resnet50_fpn", weights, must_exist=load_weights)
     pretrained = resolved is not None
     if trainable_backbone_layers is None:
         trainable_backbone_layers = 3 if pretrained else 5
@@ -90,12 +90,14 @@ def maskrcnn_resnet50_fpn(
             model.load_state_dict(state)
         except RuntimeError as e:
             raise WeightsError(f"--weights {weights}: does not fit maskrcnn_resnet50_fpn ({str(e).splitlines()[0]} ...)") from None
-        if getattr(resolved, "name", None) == "COCO_V1":
-            # torchvision's COCO_V1 Mask R-CNN was trained with FrozenBatchNorm eps = 0; it must match.
-            for module in model.modules():
-                if isinstance(module, FrozenBatchNorm2d):
-                    module.eps = 0.0
         logger.info("loaded weights %s", weights)
+    entry = official_entry("maskrcnn_resnet50_fpn", resolved)
+    if entry is not None and entry.name == "COCO_V1":
+        # torchvision's COCO_V1 Mask R-CNN was trained with FrozenBatchNorm eps = 0; a model built on
+        # it (now, or rebuilt from a checkpoint of a fine-tune) must use the same.
+        for module in model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.eps = 0.0
     if source_classes != num_classes or state is None:
         replace_heads(model, num_classes, mask_hidden)
     return model

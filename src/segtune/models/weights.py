@@ -27,10 +27,12 @@ def weights_enum(model_name: str) -> type[WeightsEnum]:
     return get_model_weights(model_name)
 
 
-def resolve_weights(model_name: str, spec: str | None) -> WeightsEnum | Path | None:
+def resolve_weights(model_name: str, spec: str | None, *, must_exist: bool = True) -> WeightsEnum | Path | None:
     """Turn ``--weights`` into a torchvision weights entry, a local file, or ``None`` (random init).
 
     ``spec`` is ``DEFAULT``, an entry name such as ``COCO_V1``, ``none``, or a path to a file.
+    ``must_exist=False`` accepts a path that is not there (only the architecture it implies is
+    wanted, e.g. to rebuild a checkpoint trained from that file on another machine).
     """
     if spec is None or spec in NO_WEIGHTS:
         return None
@@ -39,12 +41,23 @@ def resolve_weights(model_name: str, spec: str | None) -> WeightsEnum | Path | N
     if spec == "DEFAULT" or spec in names:
         return enum[spec] if spec != "DEFAULT" else enum.DEFAULT  # type: ignore[attr-defined]
     path = Path(os.path.expanduser(spec))
-    if path.is_file():
+    if path.is_file() or not must_exist:
         return path
     raise WeightsError(
         f"--weights '{spec}' is neither a weights name for {model_name} (DEFAULT, {', '.join(names)}, none) "
         f"nor an existing file"
     )
+
+
+def official_entry(model_name: str, weights: WeightsEnum | Path | None) -> WeightsEnum | None:
+    """The torchvision entry ``weights`` is, or whose official file it names (``--weights PATH``)."""
+    if isinstance(weights, WeightsEnum):
+        return weights
+    if isinstance(weights, Path):
+        for entry in weights_enum(model_name):
+            if os.path.basename(entry.url) == weights.name:
+                return entry
+    return None
 
 
 def cache_path(weights: WeightsEnum) -> Path:
