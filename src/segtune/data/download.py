@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def download_dataset(name: str, dest: str | os.PathLike, *, url: str | None = No
     target = dest / source.folder
     if target.exists():
         raise DownloadError(f"{target}: already exists; remove it or choose another --dest")
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"{dest}: cannot create the folder ({e})") from None
     with tempfile.TemporaryDirectory(prefix=".segtune-download-", dir=dest) as tmp:
         archive = Path(tmp) / "archive.zip"
         logger.info("downloading %s", url)
@@ -72,6 +76,8 @@ def download_dataset(name: str, dest: str | os.PathLike, *, url: str | None = No
                 zf.extractall(unpacked)
         except zipfile.BadZipFile:
             raise DownloadError(f"{url}: the downloaded file is not a zip archive") from None
+        except (zlib.error, EOFError) as e:
+            raise DownloadError(f"{url}: the archive is corrupt ({e})") from None
         root = unpacked / source.folder
         missing = [r for r in source.required if not (root / r).is_dir()]
         if missing:

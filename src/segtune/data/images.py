@@ -45,7 +45,7 @@ def _decode(path: Path) -> Image.Image:
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to a ``uint8[H, W, 3]`` RGB array.
 
-    Grayscale and palette images are expanded, alpha is dropped (composited on black, as PIL does),
+    Grayscale and palette images are expanded, alpha is dropped (the colour channels are kept as they are),
     and 16-bit or float images are scaled to 8 bits rather than clipped.
     """
     path = Path(path)

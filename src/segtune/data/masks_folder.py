@@ -75,7 +75,11 @@ class MaskFolderDataset(torch.utils.data.Dataset):
                     f"the folder holds: {', '.join(sorted(p.name for p in self.root.iterdir())) or 'nothing'})"
                 )
         images = _list_images(self.images_root)
-        masks_by_stem = {p.stem: p for p in _list_images(self.masks_root)}
+        masks_by_stem: dict[str, Path] = {}
+        for p in _list_images(self.masks_root):
+            if p.stem in masks_by_stem:
+                raise DatasetError(f"{p}: two masks for one image ({masks_by_stem[p.stem].name} and {p.name})")
+            masks_by_stem[p.stem] = p
         pairs: dict[str, Path] = {}
         missing = []
         for image in images:
