@@ -77,6 +77,7 @@ class TrainConfig:
     warmup_factor: float = _opt(0.001, "learning-rate factor at the first warm-up iteration")
     lr_step: int = _opt(3, "StepLR: decay the learning rate every this many epochs")
     lr_gamma: float = _opt(0.1, "StepLR: decay factor")
+    clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value (default: no clipping)")
     hflip_prob: float = _opt(0.5, "probability of a random horizontal flip")
     max_iters_per_epoch: int | None = _opt(None, "stop each epoch after this many iterations (short runs)")
     seed: int = _opt(0, "seed of the model initialisation and data order")
@@ -120,9 +121,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.rpn_post_nms_top_n_test": 150,
         "model.box_batch_size_per_image": 128,
         "train.epochs": 2,
-        "train.lr": 0.01,
-        "train.warmup_iters": 20,
-        "train.lr_step": 1,
+        "train.lr": 0.005,
+        "train.warmup_iters": 30,
+        "train.clip_grad_norm": 5.0,  # from random init the first mask losses are large; keep steps sane
+        "train.lr_step": 2,
         "train.max_iters_per_epoch": 60,
     },
 }

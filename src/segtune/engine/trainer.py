@@ -47,7 +47,7 @@ def _primary(metrics: dict[str, dict[str, float]]) -> float:
 
 def train_one_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, *, epoch: int,
-    iters: int, step: int, device: torch.device, print_freq: int,
+    iters: int, step: int, device: torch.device, print_freq: int, clip_grad_norm: float | None = None,
 ) -> tuple[dict[str, float], int]:
     """One epoch of at most ``iters`` iterations; returns the average loss terms and the new step count."""
     model.train()
@@ -64,11 +64,13 @@ def train_one_epoch(
             terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise TrainingError(
                 f"loss is {float(loss.detach())} at epoch {epoch}, iteration {i} (step {step + 1}): {terms}; "
-                f"the last good checkpoint is kept; try a lower --lr"
+                f"try a lower --lr or --clip-grad-norm"
             )
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
         optimizer.step()
         scheduler.step()
         step += 1
@@ -142,10 +144,15 @@ def train(cfg: Config) -> TrainResult:
         step = 0
         for epoch in range(cfg.train.epochs):
             lr = optimizer.param_groups[0]["lr"]
-            losses, step = train_one_epoch(
-                model, optimizer, scheduler, loader, epoch=epoch, iters=iters, step=step, device=device,
-                print_freq=cfg.train.print_freq,
-            )
+            try:
+                losses, step = train_one_epoch(
+                    model, optimizer, scheduler, loader, epoch=epoch, iters=iters, step=step, device=device,
+                    print_freq=cfg.train.print_freq, clip_grad_norm=cfg.train.clip_grad_norm,
+                )
+            except TrainingError as e:
+                kept = (f"{run_dir / 'weights' / 'last.pt'} (epoch {epoch - 1}) is kept" if epoch
+                        else "no epoch finished, so no checkpoint was written")
+                raise TrainingError(f"{e}; {kept}") from None
             start = time.perf_counter()
             report = evaluate_model(model, test_ds, cfg.data.classes, device=device, batch_size=cfg.eval.batch_size,
                                     workers=workers, mask_threshold=cfg.eval.mask_threshold, gt=gt)
