@@ -15,3 +15,8 @@ $SEGTUNE evaluate "$RUN/weights/best.pt" --out "$RUN/evaluation.json"
 echo
 echo "Run folder: $RUN  (config.yaml, split.json, metrics.csv, train.log, weights/)"
 echo "Pictures:   $RUN/predictions/*.png  (COCO results: $RUN/predictions/predictions.json)"
+if grep -q "^  weights: none" "$RUN/config.yaml"; then
+  echo "Note:       no GPU and no COCO-pretrained weights here, so this was a short CPU schedule from random"
+  echo "            initialisation: AP near 0 is expected. With the weights or a GPU, the same command runs"
+  echo "            the full tutorial recipe (about 0.8 bbox AP). See README 'What the main job does here'."
+fi
