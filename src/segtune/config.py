@@ -37,10 +37,18 @@ class DataConfig:
     path: str | None = _opt(
         None, f"data set folder (default: $SEGTUNE_DATA, else {DEFAULT_DATA_PATH})", flag="--data"
     )
-    images_dir: str = _opt("PNGImages", "folder of images inside the data set")
-    masks_dir: str = _opt("PedMasks", "folder of instance masks inside the data set")
-    mask_suffix: str = _opt("_mask", "mask file name = image stem + this suffix (+ any image extension)")
-    classes: list[str] = _opt(["pedestrian"], "class names, comma-separated (mask folders: every instance is class 1)")
+    format: str = _opt("auto", "data format: auto (detect) | masks | coco | yolo | labelme",
+                       choices=["auto", "masks", "coco", "yolo", "labelme"])
+    images_dir: str = _opt("PNGImages", "mask folders: folder of images inside the data set")
+    masks_dir: str = _opt("PedMasks", "mask folders: folder of instance masks inside the data set")
+    mask_suffix: str = _opt("_mask", "mask folders: mask file name = image stem + this suffix (+ any image extension)")
+    class_map: str | None = _opt(None, "mask folders: YAML/JSON file with 'classes' and 'values' (mask value -> class)")
+    image_root: str | None = _opt(None, "COCO: folder that file_name paths are relative to (default: found next to the JSON)")
+    classes: list[str] = _opt(["pedestrian"], "class names, comma-separated, for mask folders without a class map "
+                              "(other formats name their classes themselves)")
+    aspect_ratio_group_factor: int = _opt(3, "batch images of similar aspect ratio: this many log-spaced "
+                                          "bins per side of ratio 1, between 1/2 and 2 (-1: off)")
+    min_box_size: float = _opt(2.0, "data check: warn about boxes narrower or lower than this many pixels")
     test_size: float = _opt(50, "test split: a count of images, or a fraction if below 1")
     split_seed: int = _opt(0, "seed of the random train/test split")
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
@@ -78,6 +86,8 @@ class TrainConfig:
     lr_step: int = _opt(3, "StepLR: decay the learning rate every this many epochs")
     lr_gamma: float = _opt(0.1, "StepLR: decay factor")
     clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value (default: no clipping)")
+    augment: list[str] = _opt(["hflip"], "augmentation presets, comma-separated: hflip, multiscale, lsj, "
+                              "photometric, copypaste")
     hflip_prob: float = _opt(0.5, "probability of a random horizontal flip")
     max_iters_per_epoch: int | None = _opt(None, "stop each epoch after this many iterations (short runs)")
     seed: int = _opt(0, "seed of the model initialisation and data order")

@@ -132,7 +132,7 @@ def test_bad_data_path_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest
     run = tmp_path / "run"
     code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(run), *tiny_flags()])
     assert code == 2
-    assert f"{tmp_path / 'nope'}: data folder does not exist" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope'}: data path does not exist" in capsys.readouterr().err
     assert not run.exists()
 
 

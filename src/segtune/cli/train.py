@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 from typing import Any
 
-from segtune.config import SECTIONS, field_types, flatten, load_yaml, parse_value
+from segtune.cli.options import add_section_flags, section_flags
+from segtune.config import SECTIONS, flatten, load_yaml, parse_value
 from segtune.engine import configure, train
 from segtune.engine.run import CONFIG_FILE
 from segtune.errors import ConfigError
 
 logger = logging.getLogger("segtune")
 
-
-def _flag(section: str, f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
-
-
-def _is_plain_str(tp: Any) -> bool:
-    return tp is str or (getattr(tp, "__args__", None) or ()) == (str, type(None))
 
 
 def add_parser(sub: Any) -> None:
@@ -32,14 +25,8 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--config", help="YAML config file, e.g. a run's config.yaml to repeat it")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="more overrides, e.g. train.lr=0.01")
-    for section, cls in SECTIONS.items():
-        group = p.add_argument_group(f"{section} settings")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            group.add_argument(
-                _flag(section, f), dest=f"{section}.{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(),
-                help=f"{f.metadata.get('help', '')} (default: {default})", choices=f.metadata.get("choices"),
-            )
+    for section in SECTIONS:
+        add_section_flags(p, section)
     p.set_defaults(run=run)
 
 
@@ -47,14 +34,7 @@ def user_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     layers = []
     if args.config:
         layers.append((str(args.config), flatten(load_yaml(args.config))))
-    flags = {}
-    for section, cls in SECTIONS.items():
-        hints = field_types(cls)
-        for f in dataclasses.fields(cls):
-            key = f"{section}.{f.name}"
-            if key in vars(args):
-                raw = getattr(args, key)
-                flags[key] = raw if _is_plain_str(hints[f.name]) else parse_value(raw)
+    flags = {k: v for section in SECTIONS for k, v in section_flags(args, section).items()}
     if flags:
         layers.append(("command line", flags))
     extra = {}

@@ -1,33 +1,100 @@
-"""Owns turning a ``DataConfig`` section into data sets and loaders."""
+"""Owns turning a ``DataConfig`` section into data sets and loaders: format detection and dispatch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
 from segtune.config import resolve_data_path
+
+# Importing each reader registers it in FORMATS (the decorator runs at import).
+from segtune.data import coco, labelme, masks_folder, yolo  # noqa: F401
+from segtune.data.base import FORMATS, DetectionDataset, ProblemSink
 from segtune.data.collate import collate
-from segtune.data.masks_folder import MaskFolderDataset
+from segtune.data.samplers import make_batch_sampler
 from segtune.data.transforms import build_transforms
+from segtune.errors import ConfigError, DatasetError
+
+#: The order formats are tried in when ``format`` is ``auto`` (most specific first).
+DETECT_ORDER = ("coco", "yolo", "labelme", "masks")
 
 
-def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool = False,
-                  hflip_prob: float = 0.5) -> MaskFolderDataset:
-    return MaskFolderDataset(
-        resolve_data_path(data_cfg.path),
-        images_dir=data_cfg.images_dir,
-        masks_dir=data_cfg.masks_dir,
-        mask_suffix=data_cfg.mask_suffix,
-        transforms=build_transforms(train=train, hflip_prob=hflip_prob),
-        files=files,
+def detect_format(path: str | Path, data_cfg: Any) -> str:
+    """The format of the data at ``path`` (a folder or an annotation file), or a DatasetError."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: data path does not exist")
+    for name in DETECT_ORDER:
+        if name in FORMATS and FORMATS.get(name).detect(path, data_cfg):
+            return name
+    holds = ", ".join(sorted(p.name for p in path.iterdir())[:10]) if path.is_dir() else "a file"
+    raise DatasetError(
+        f"{path}: cannot tell the data format (it holds: {holds or 'nothing'}); expected one of "
+        f"{', '.join(n for n in DETECT_ORDER if n in FORMATS)} (see README 'Data formats'), or pass --format"
     )
 
 
+def open_dataset(data_cfg: Any, *, files: list[str] | None = None, transforms: Any = None,
+                 keep_crowd: bool = True, sink: ProblemSink | None = None) -> DetectionDataset:
+    """Open the data set ``data_cfg`` describes, in its format (``data_cfg.format``, or detected)."""
+    path = Path(resolve_data_path(data_cfg.path))
+    name = data_cfg.format if data_cfg.format != "auto" else detect_format(path, data_cfg)
+    cls = FORMATS.get(name)
+    return cls(path, **cls.from_config(data_cfg, path), transforms=transforms, files=files,
+               keep_crowd=keep_crowd, sink=sink)
+
+
+def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool = False,
+                  augment: Sequence[str] = ("hflip",), hflip_prob: float = 0.5,
+                  sink: ProblemSink | None = None) -> DetectionDataset:
+    """A data set for training (augmented, crowd regions left out) or evaluation (as annotated).
+
+    ``augment`` names the presets of :func:`segtune.data.transforms.build_transforms` (used when
+    ``train``). Raises ConfigError when ``copypaste`` is asked of a data set without masks.
+    """
+    # The transforms need the data set's keypoint names (the flip map), so open it first.
+    dataset = open_dataset(data_cfg, files=files, keep_crowd=not train, sink=sink)
+    dataset.transforms = build_transforms(train=train, augment=augment, hflip_prob=hflip_prob,
+                                          keypoint_names=dataset.keypoint_names)
+    if train and "copypaste" in augment and not dataset.has_masks:
+        raise ConfigError(f"{dataset.root}: train.augment 'copypaste' needs instance masks, but this data set "
+                          "has boxes only; remove it")
+    return dataset
+
+
 def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: bool, workers: int,
-                 generator: torch.Generator | None = None) -> DataLoader:
+                 generator: torch.Generator | None = None, aspect_ratio_group_factor: int = -1,
+                 sampler: torch.utils.data.Sampler | None = None,
+                 collate_fn: Callable | None = None) -> DataLoader:
+    """A loader of ``(images, targets)`` batches; every image comes once per epoch, none is dropped.
+
+    Args:
+        dataset: the data set to batch.
+        batch_size: images per batch.
+        train: shuffle (with ``generator``) and, when ``aspect_ratio_group_factor >= 0``, batch images
+            of similar aspect ratio together (sizes read from file headers).
+        workers: loader worker processes.
+        generator: seeds the shuffle and the workers, for a reproducible order.
+        aspect_ratio_group_factor: see :func:`segtune.data.samplers.aspect_ratio_groups`; -1 = off.
+        sampler: the index order, e.g. a ``DistributedSampler`` for this rank; None = shuffled in
+            training, in order otherwise. With a ``DistributedSampler``, call
+            ``loader.batch_sampler.set_epoch(epoch)`` every epoch in training.
+        collate_fn: how a batch is put together, e.g. :func:`segtune.data.collate.build_collate`'s
+            copy-paste; None = :func:`segtune.data.collate.collate`.
+    """
+    collate_fn = collate if collate_fn is None else collate_fn
+    if train:
+        if sampler is None:
+            sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        batch_sampler = make_batch_sampler(dataset, batch_size=batch_size, group_factor=aspect_ratio_group_factor,
+                                           sampler=sampler)
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn,
+                          generator=generator, persistent_workers=False)
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         generator=generator, persistent_workers=False,
     )

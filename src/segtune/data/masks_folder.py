@@ -1,55 +1,98 @@
 """Owns the instance-mask-folder data set: an images folder plus a masks folder (the Penn-Fudan layout).
 
-Each mask pixel holds an instance id (0 = background); every instance is class 1. A mask is found
-by name: ``<masks_dir>/<image stem><mask_suffix>.<any image extension>``, never by sort order.
+Each mask pixel holds an instance id (0 = background). A mask is found by name:
+``<masks_dir>/<image stem><mask_suffix>.<any image extension>``, never by sort order. Without a class
+map every instance is class 1; a class map (YAML/JSON: ``classes`` and ``values``, a mask value or
+colour per class) or a per-image sidecar ``<mask stem>.json`` (``{"<value>": "<class>"}``) gives
+multi-class mask folders.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torchvision import tv_tensors
-from torchvision.ops import masks_to_boxes
+import yaml
 
-from segtune.data.images import IMAGE_EXTENSIONS, load_instance_mask, load_rgb, read_size
+from segtune.data.base import FORMATS, DetectionDataset, Instances, ProblemSink
+from segtune.data.images import IMAGE_EXTENSIONS, load_instance_mask
 from segtune.errors import DatasetError
-
-logger = logging.getLogger(__name__)
 
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-class MaskFolderDataset(torch.utils.data.Dataset):
+def parse_value(key: Any, where: str) -> int:
+    """A mask value from a class map key: an int, ``"#rrggbb"`` or ``"r,g,b"`` (as load_instance_mask packs colours)."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    text = str(key).strip()
+    try:
+        if text.startswith("#") and len(text) == 7:
+            return int(text[1:], 16)
+        if "," in text:
+            r, g, b = (int(v) for v in text.split(","))
+            return (r << 16) | (g << 8) | b
+        return int(text)
+    except ValueError:
+        raise DatasetError(f"{where}: mask value {key!r} is not an integer, '#rrggbb' or 'r,g,b'") from None
+
+
+def load_class_map(path: str | os.PathLike) -> tuple[list[str], dict[int, str]]:
+    """Read a class map file: ``classes: [names]`` and optional ``values: {value or colour: name}``."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON: one parser for both
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: class map file not found") from None
+    except yaml.YAMLError as e:
+        raise DatasetError(f"{path}: not valid YAML/JSON ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
+        raise DatasetError(f"{path}: a class map needs 'classes: [name, ...]' (and optionally 'values: {{value: name}}')")
+    classes = [str(c) for c in data["classes"]]
+    values = {parse_value(k, str(path)): str(v) for k, v in (data.get("values") or {}).items()}
+    unknown = sorted({v for v in values.values() if v not in classes})
+    if unknown:
+        raise DatasetError(f"{path}: values map to {unknown}, which are not in classes {classes}")
+    return classes, values
+
+
+@FORMATS.register("masks")
+class MaskFolderDataset(DetectionDataset):
     """A detection/segmentation data set read from an images folder and an instance-masks folder.
 
-    ``dataset[i]`` returns ``(image, target)`` as torchvision's detection models expect:
-
-    - ``image``: ``tv_tensors.Image`` uint8[3, H, W] (the transforms turn it into float)
-    - ``boxes``: ``tv_tensors.BoundingBoxes`` float32[N, 4], XYXY, absolute pixels
-    - ``labels``: int64[N]; ``masks``: ``tv_tensors.Mask`` uint8[N, H, W]
-    - ``image_id``: int; ``area``: float32[N] (mask pixel count, as COCO uses); ``iscrowd``: int64[N]
-
-    An image whose mask has no instance gives N = 0 and trains as a negative. An instance whose box
-    has zero width or height (a one-pixel line) is dropped with a warning.
+    Targets are described in :class:`~segtune.data.base.DetectionDataset`.
 
     Args:
         root: the data set folder.
         images_dir, masks_dir: sub-folders of ``root``.
         mask_suffix: appended to an image's stem to name its mask.
+        classes: class names; without a class map every instance is ``classes[0]``.
+        class_map: a class map file (see the module docstring).
         transforms: a callable ``(image, target) -> (image, target)``, e.g. a ``transforms.v2`` pipeline.
         files: restrict the data set to these image file names, in this order (a split).
+        keep_crowd, sink: see :class:`~segtune.data.base.DetectionDataset`.
 
     Raises:
         DatasetError: the folder or a sub-folder is missing, an image has no mask or a mask no image.
     """
+
+    format = "masks"
+
+    @classmethod
+    def detect(cls, path: Path, data_cfg: Any) -> bool:
+        return path.is_dir() and (path / data_cfg.images_dir).is_dir() and (path / data_cfg.masks_dir).is_dir()
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, path: Path) -> dict[str, Any]:
+        return {"images_dir": data_cfg.images_dir, "masks_dir": data_cfg.masks_dir,
+                "mask_suffix": data_cfg.mask_suffix, "classes": data_cfg.classes, "class_map": data_cfg.class_map}
 
     def __init__(
         self,
@@ -58,14 +101,23 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         images_dir: str = "PNGImages",
         masks_dir: str = "PedMasks",
         mask_suffix: str = "_mask",
+        classes: Sequence[str] = ("pedestrian",),
+        class_map: str | os.PathLike | None = None,
         transforms: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None,
         files: list[str] | None = None,
+        keep_crowd: bool = True,
+        sink: ProblemSink | None = None,
     ) -> None:
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
         self.root = Path(root)
         self.images_root = self.root / images_dir
         self.masks_root = self.root / masks_dir
         self.mask_suffix = mask_suffix
-        self.transforms = transforms
+        self.classes = list(classes)
+        self.values: dict[int, str] = {}
+        self.class_map = Path(class_map) if class_map else None
+        if self.class_map is not None:
+            self.classes, self.values = load_class_map(self.class_map)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: data folder does not exist")
         for folder, what in ((self.images_root, "images"), (self.masks_root, "masks")):
@@ -78,112 +130,85 @@ class MaskFolderDataset(torch.utils.data.Dataset):
         masks_by_stem: dict[str, Path] = {}
         for p in _list_images(self.masks_root):
             if p.stem in masks_by_stem:
-                raise DatasetError(f"{p}: two masks for one image ({masks_by_stem[p.stem].name} and {p.name})")
+                self.problem("duplicate-name", p, f"two masks for one image ({masks_by_stem[p.stem].name} and {p.name})")
+                continue
             masks_by_stem[p.stem] = p
         pairs: dict[str, Path] = {}
+        stems: dict[str, Path] = {}
         missing = []
         for image in images:
+            if image.stem in stems:
+                self.problem("duplicate-name", image,
+                             f"two images with one name ({stems[image.stem].name} and {image.name}) share one mask")
+                continue
+            stems[image.stem] = image
             mask = masks_by_stem.pop(image.stem + mask_suffix, None)
             if mask is None:
                 missing.append(image)
             else:
                 pairs[image.name] = mask
-        if missing:
-            raise DatasetError(
-                f"{missing[0]}: no mask for this image (looked for {self.masks_root / (missing[0].stem + mask_suffix)}.*)"
-                + (f"; {len(missing) - 1} more images lack masks" if len(missing) > 1 else "")
-            )
-        if masks_by_stem:
-            orphan = sorted(masks_by_stem.values())[0]
-            raise DatasetError(
-                f"{orphan}: mask has no image (looked for {self.images_root}/"
-                f"{orphan.stem.removesuffix(mask_suffix) if orphan.stem.endswith(mask_suffix) else orphan.stem}.*)"
-                + (f"; {len(masks_by_stem) - 1} more masks lack images" if len(masks_by_stem) > 1 else "")
-            )
+        for n, image in enumerate(missing):
+            self.problem("missing-mask", image,
+                         f"no mask for this image (looked for {self.masks_root / (image.stem + mask_suffix)}.*)"
+                         + (f"; {len(missing) - 1} more images lack masks" if len(missing) > 1 and not n else ""))
+        for n, orphan in enumerate(sorted(masks_by_stem.values())):
+            stem = orphan.stem.removesuffix(mask_suffix) if orphan.stem.endswith(mask_suffix) else orphan.stem
+            self.problem("missing-image", orphan, f"mask has no image (looked for {self.images_root}/{stem}.*)"
+                         + (f"; {len(masks_by_stem) - 1} more masks lack images" if len(masks_by_stem) > 1 and not n else ""))
         if not pairs:
             raise DatasetError(f"{self.images_root}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
-        self.all_files = sorted(pairs)
         self._masks = pairs
-        if files is None:
-            files = self.all_files
-        unknown = [f for f in files if f not in pairs]
-        if unknown:
-            raise DatasetError(f"{self.images_root / unknown[0]}: listed in the split but not in the data set")
-        self.files = list(files)
-        # image_id is the index in the whole folder, so it is the same in every split.
-        self._ids = {name: i for i, name in enumerate(self.all_files)}
-        self._warned: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def image_path(self, index: int) -> Path:
-        return self.images_root / self.files[index]
+        self._set_images({name: self.images_root / name for name in pairs}, files)
 
     def mask_path(self, index: int) -> Path:
         return self._masks[self.files[index]]
 
-    def image_id(self, index: int) -> int:
-        return self._ids[self.files[index]]
+    def _annotation_source(self, index: int) -> str:
+        return str(self.mask_path(index))
 
-    def get_height_and_width(self, index: int) -> tuple[int, int]:
-        """``(height, width)`` of image ``index``, read from the file header only."""
-        return read_size(self.image_path(index))
+    def _sidecar(self, mask_path: Path) -> dict[int, str] | None:
+        path = mask_path.with_suffix(".json")
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            self.problem("bad-json", path, f"not valid JSON ({e})")
+            return {}
+        if not isinstance(data, dict):
+            self.problem("bad-json", path, 'a sidecar maps mask values to class names: {"1": "person", ...}')
+            return {}
+        return {parse_value(k, str(path)): str(v) for k, v in data.items()}
 
-    def load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
-        """Decode image ``index`` and its mask into ``uint8[H, W, 3]`` and a plain-tensor target."""
-        image_path, mask_path = self.image_path(index), self.mask_path(index)
-        image = load_rgb(image_path)
+    def _label_of(self, value: int, names: dict[int, str], where: Path) -> int:
+        name = names.get(value)
+        if name is None:
+            self.problem("unknown-label", where, f"mask value {value} has no class in the class map"
+                         + (f" {self.class_map}" if self.class_map else " or sidecar"))
+            return 0
+        if name not in self.classes:
+            self.problem("unknown-label", where, f"mask value {value} is class '{name}', not in classes {self.classes}")
+            return 0
+        return self.classes.index(name) + 1
+
+    def _instances(self, index: int, height: int, width: int) -> Instances:
+        mask_path = self.mask_path(index)
         ids_map = load_instance_mask(mask_path)
-        if ids_map.shape != image.shape[:2]:
+        if ids_map.shape != (height, width):
             raise DatasetError(
                 f"{mask_path}: mask is {ids_map.shape[1]}x{ids_map.shape[0]} but its image "
-                f"{image_path.name} is {image.shape[1]}x{image.shape[0]} (width x height)"
+                f"{self.image_path(index).name} is {width}x{height} (width x height)"
             )
         ids = np.unique(ids_map)
         ids = ids[ids != 0]
         masks = torch.from_numpy(ids_map[None, :, :] == ids[:, None, None]).to(torch.uint8)
-        boxes = masks_to_boxes(masks) if len(ids) else torch.zeros((0, 4), dtype=torch.float32)
-        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if not keep.all():
-            dropped = [int(i) for i in ids[~keep.numpy()]]
-            key = f"{mask_path}"
-            if key not in self._warned:
-                self._warned.add(key)
-                logger.warning(
-                    "%s: dropped instance(s) %s: zero-width or zero-height box", mask_path, dropped
-                )
-            masks, boxes = masks[keep], boxes[keep]
-        n = len(boxes)
-        target = {
-            "boxes": boxes.to(torch.float32),
-            "labels": torch.ones((n,), dtype=torch.int64),
-            "masks": masks,
-            "image_id": self.image_id(index),
-            "area": masks.flatten(1).sum(1).to(torch.float32) if n else torch.zeros((0,), dtype=torch.float32),
-            "iscrowd": torch.zeros((n,), dtype=torch.int64),
-        }
-        return image, target
-
-    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        array, target = self.load(index)
-        image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
-        height, width = array.shape[:2]
-        target["boxes"] = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(height, width))
-        target["masks"] = tv_tensors.Mask(target["masks"])
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
-        return image, target
-
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Decode every image and mask once, so bad files fail before training starts.
-
-        Returns the number of instances. Raises :class:`DatasetError` naming the first bad file.
-        """
-        total = 0
-        for i in range(len(self)):
-            _, target = self.load(i)
-            total += len(target["boxes"])
-            if progress is not None:
-                progress(i + 1, len(self))
-        return total
+        sidecar = self._sidecar(mask_path)
+        if sidecar is None and not self.values:
+            labels = torch.ones((len(ids),), dtype=torch.int64)
+        else:
+            names = {**self.values, **(sidecar or {})}
+            where = mask_path.with_suffix(".json") if sidecar is not None else mask_path
+            labels = torch.tensor([self._label_of(int(v), names, where) for v in ids], dtype=torch.int64)
+            known = labels > 0  # instances without a class were reported; leave them out
+            masks, labels, ids = masks[known], labels[known], ids[known.numpy()]
+        return Instances(labels=labels, masks=masks, ids=[int(v) for v in ids])

@@ -14,11 +14,12 @@ from torch import nn
 
 from segtune.checkpoint import save_checkpoint
 from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import build_dataset, build_loader, make_split, save_split
+from segtune.data import (build_collate, build_dataset, build_loader, check_dataset, make_split, open_dataset,
+                          raise_on_errors, save_split)
 from segtune.engine.logger import EpochReporter
 from segtune.engine.optim import build_optimizer, build_scheduler
 from segtune.engine.run import CONFIG_FILE, SPLIT_FILE, attach_log_file, detach_log_file, new_run_dir, write_metrics
-from segtune.errors import TrainingError
+from segtune.errors import ConfigError, TrainingError
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.fileio import write_text
 from segtune.models import build_from_config
@@ -107,20 +108,32 @@ def train(cfg: Config) -> TrainResult:
     """
     device = resolve_device(cfg.train.device)
     cfg.data.path = resolve_data_path(cfg.data.path)
-    full = build_dataset(cfg.data)
-    logger.info("data: %s (%d images); checking every image and mask", full.root, len(full))
-    instances = full.verify()
-    logger.info("data: %d images, %d instances, classes %s", len(full), instances, cfg.data.classes)
+    report = check_dataset(cfg.data)  # the data doctor: every image and annotation, before anything is written
+    raise_on_errors(report)
+    for problem in report.warnings[:10]:
+        logger.warning("%s", problem)
+    if len(report.warnings) > 10:
+        logger.warning("... and %d more warnings (segtune data check %s lists them all)",
+                       len(report.warnings) - 10, cfg.data.path)
+    full = open_dataset(cfg.data)
+    cfg.data.classes = list(full.classes)  # formats with their own class list win; config.yaml records it
+    if not full.has_masks and cfg.model.name.startswith("maskrcnn"):
+        raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
+    logger.info("data: %s (%s format): %d images, %d instances, classes %s", full.root, full.format,
+                report.images, report.instances, cfg.data.classes)
     split = make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed)
 
     seed_everything(cfg.train.seed)
     num_classes = len(cfg.data.classes) + 1
     model = build_from_config(cfg.model, num_classes=num_classes).to(device)
-    train_ds = build_dataset(cfg.data, files=split["train"], train=True, hflip_prob=cfg.train.hflip_prob)
+    train_ds = build_dataset(cfg.data, files=split["train"], train=True, augment=cfg.train.augment,
+                             hflip_prob=cfg.train.hflip_prob)
     test_ds = build_dataset(cfg.data, files=split["test"], train=False)
     workers = default_workers(device, cfg.data.workers)
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, workers=workers, generator=generator)
+    loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, workers=workers, generator=generator,
+                          aspect_ratio_group_factor=cfg.data.aspect_ratio_group_factor,
+                          collate_fn=build_collate(cfg.train.augment, seed=cfg.train.seed))
     iters = len(loader) if cfg.train.max_iters_per_epoch is None else min(len(loader), cfg.train.max_iters_per_epoch)
     optimizer = build_optimizer(model, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
     scheduler = build_scheduler(
@@ -162,7 +175,7 @@ def train(cfg: Config) -> TrainResult:
             write_metrics(run_dir, history)
             state = {
                 "model": model.state_dict(), "epoch": epoch + 1, "step": step, "classes": list(cfg.data.classes),
-                "config": cfg.to_dict(), "split": split, "metrics": report.metrics,
+                "category_ids": list(full.category_ids), "config": cfg.to_dict(), "split": split, "metrics": report.metrics,
             }
             # last.pt also holds the optimiser and schedule (to go on training); best.pt is for use.
             save_checkpoint(run_dir / "weights" / "last.pt",

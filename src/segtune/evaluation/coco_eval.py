@@ -7,31 +7,15 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from faster_coco_eval import COCO, COCOeval_faster
-from faster_coco_eval.core import mask as mask_utils
+
+from segtune.data.coco_json import encode_masks, xyxy_to_xywh
 
 logger = logging.getLogger(__name__)
 
 #: The 12 numbers of COCO's standard summary, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-
-
-def encode_masks(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """RLE-encode binary masks ``uint8/bool[N, H, W]`` as COCO JSON (``counts`` as str)."""
-    if len(masks) == 0:
-        return []
-    array = np.asfortranarray(masks.to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-    rles = mask_utils.encode(array)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("ascii")
-    return rles
-
-
-def xyxy_to_xywh(boxes: torch.Tensor) -> list[list[float]]:
-    b = boxes.to(torch.float64).cpu()
-    return torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], dim=1).tolist()
 
 
 def ground_truth(

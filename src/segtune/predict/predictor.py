@@ -80,10 +80,13 @@ class Predictor:
     """
 
     def __init__(self, model: nn.Module, classes: list[str], *, device: torch.device | str = "cpu",
-                 score_threshold: float = 0.5, mask_threshold: float = 0.5) -> None:
+                 score_threshold: float = 0.5, mask_threshold: float = 0.5,
+                 category_ids: list[int] | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
+        # The data set's own class ids (COCO category ids need not be 1..C); results are written with them.
+        self.category_ids = list(category_ids) if category_ids else list(range(1, len(self.classes) + 1))
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
 
@@ -93,10 +96,14 @@ class Predictor:
         ckpt = load_checkpoint(path)
         model, cfg = model_from_checkpoint(ckpt)
         return cls(model, ckpt["classes"], device=resolve_device(device), score_threshold=score_threshold,
-                   mask_threshold=cfg.eval.mask_threshold)
+                   mask_threshold=cfg.eval.mask_threshold, category_ids=ckpt.get("category_ids"))
 
     def name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class{label}"
+
+    def category_id(self, label: int) -> int:
+        """The data set's id of model label ``label`` (its COCO category id)."""
+        return self.category_ids[label - 1] if 1 <= label <= len(self.category_ids) else label
 
     @torch.inference_mode()
     def __call__(self, image: ImageInput) -> Prediction:

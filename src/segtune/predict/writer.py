@@ -53,7 +53,9 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
         pred = predictor(path)
         for entry in pred.to_coco(image_id, predictor.mask_threshold):
             entry["file_name"] = str(path)
-            entry["category_name"] = predictor.name(entry["category_id"])
+            label = entry["category_id"]
+            entry["category_name"] = predictor.name(label)
+            entry["category_id"] = predictor.category_id(label)
             results.append(entry)
         save_png(pred.draw(), out / name)
         pictures.append(out / name)

@@ -1,0 +1,265 @@
+"""Owns what every data-set format shares: the target dict, degenerate-instance rules, splits and problems.
+
+A format reader (mask folders, COCO JSON, YOLO txt, LabelMe JSON) subclasses :class:`DetectionDataset`
+and only says which image files exist and which raw instances each one has; this class turns those
+into the target dict torchvision's detection models expect, so every format yields the same thing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.ops import masks_to_boxes
+
+from segtune.data.images import load_rgb, read_size
+from segtune.errors import DatasetError
+from segtune.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+ERROR, WARNING = "error", "warning"
+
+#: Data-set readers by format name. Each class registered here implements ``detect(path)`` and
+#: ``from_config(data_cfg, path)`` (Detectron2's from_config idea: the reader never sees a config).
+FORMATS: Registry[type[DetectionDataset]] = Registry("data format")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One defect found in a data set: ``path: message``, an ``error`` (stops training) or a ``warning``."""
+
+    severity: str
+    kind: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class Instances:
+    """The raw instances of one image, as a reader found them (before degenerate ones are dropped).
+
+    Attributes:
+        labels: int64[N], 1-based contiguous class labels.
+        masks: uint8[N, H, W] binary masks, or None for a box-only data set.
+        boxes: float32[N, 4] XYXY pixels; used only when ``masks`` is None (else boxes come from masks).
+        iscrowd: int64[N] (1 = a crowd region: scored as "ignore" in evaluation, left out of training).
+        keypoints: float32[N, K, 3] (x, y, visibility), or None.
+        ids: how the data set names each instance in messages (mask values, annotation ids), or None
+            for 1-based positions.
+    """
+
+    labels: torch.Tensor
+    masks: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None
+    iscrowd: torch.Tensor | None = None
+    keypoints: torch.Tensor | None = None
+    ids: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class ProblemSink:
+    """Collects problems (the data doctor) or acts on them (training: errors raise, warnings log once)."""
+
+    collect: bool = False
+    problems: list[Problem] = field(default_factory=list)
+    _seen: set[tuple[str, str]] = field(default_factory=set)
+
+    def report(self, problem: Problem) -> None:
+        if self.collect:
+            self.problems.append(problem)
+            return
+        if problem.severity == ERROR:
+            raise DatasetError(str(problem))
+        key = (problem.path, problem.kind)
+        if key not in self._seen:  # one warning per file and kind, not one per epoch
+            self._seen.add(key)
+            logger.warning("%s", problem)
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Base of every format reader. ``dataset[i]`` returns ``(image, target)``:
+
+    - ``image``: ``tv_tensors.Image`` uint8[3, H, W] (the transforms turn it into float)
+    - ``boxes``: ``tv_tensors.BoundingBoxes`` float32[N, 4], XYXY, absolute pixels
+    - ``labels``: int64[N], 1-based; ``masks``: ``tv_tensors.Mask`` uint8[N, H, W] (mask formats only)
+    - ``image_id``: int (stable across splits); ``area``: float32[N] (mask pixels, else box area)
+    - ``iscrowd``: int64[N]; ``keypoints``: float32[N, K, 3] (keypoint data sets only)
+
+    An image with no instance gives N = 0 and trains as a negative. Instances whose mask has no
+    pixels or whose box has zero width or height are dropped with a warning. Crowd instances are
+    kept when ``keep_crowd`` (evaluation) and left out otherwise (training), as COCO recipes do.
+
+    Subclasses set ``root``, ``classes`` and call :meth:`_set_images`, and implement :meth:`_instances`.
+    """
+
+    #: The format's short name (``--format``).
+    format: str = ""
+    root: Path
+    classes: list[str]
+    #: The data set's own id of each class (COCO category ids); label ``i`` is ``category_ids[i - 1]``.
+    category_ids: list[int]
+    #: Whether targets carry ``masks`` (False for box-only data, e.g. a COCO file without segmentations).
+    has_masks: bool = True
+    keypoint_names: list[str] | None = None
+    skeleton: list[list[int]] | None = None
+
+    @classmethod
+    def detect(cls, path: Path, data_cfg: Any) -> bool:
+        """Whether ``path`` (a file or folder given as ``--data``) looks like this format."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, path: Path) -> dict[str, Any]:
+        """The format's own keyword arguments, read from a ``DataConfig`` section."""
+        return {}
+
+    def __init__(self, *, transforms: Callable | None = None, keep_crowd: bool = True,
+                 sink: ProblemSink | None = None) -> None:
+        self.transforms = transforms
+        self.keep_crowd = keep_crowd
+        self.sink = sink if sink is not None else ProblemSink()
+        self.category_ids = []
+
+    # --- for subclasses -------------------------------------------------------------------------
+
+    def problem(self, kind: str, path: str | os.PathLike, message: str, severity: str = ERROR) -> None:
+        self.sink.report(Problem(severity, kind, str(path), message))
+
+    def _set_images(self, paths: dict[str, Path], files: Sequence[str] | None) -> None:
+        """Register the data set's images (relative name -> path) and select the split ``files``."""
+        if not paths:
+            raise DatasetError(f"{self.root}: no images found")
+        self._paths = paths
+        self.all_files = sorted(paths)
+        self._ids = {name: i for i, name in enumerate(self.all_files)}
+        self.select(files)
+        if not self.category_ids:
+            self.category_ids = list(range(1, len(self.classes) + 1))
+
+    def _image_id_of(self, name: str) -> int:
+        """The image id of file ``name``; formats with their own ids (COCO) override this."""
+        return self._ids[name]
+
+    def _instances(self, index: int, height: int, width: int) -> Instances:
+        raise NotImplementedError
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def select(self, files: Sequence[str] | None) -> None:
+        """Restrict the data set to ``files`` (names from ``all_files``), in that order; None = all."""
+        files = list(self.all_files if files is None else files)
+        unknown = [f for f in files if f not in self._paths]
+        if unknown:
+            where = getattr(self, "images_root", self.root)  # where the reader looks for image files
+            raise DatasetError(f"{where / unknown[0]}: listed in the split but not in the data set"
+                               + (f" ({len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image_path(self, index: int) -> Path:
+        return self._paths[self.files[index]]
+
+    def image_id(self, index: int) -> int:
+        return self._image_id_of(self.files[index])
+
+    def get_height_and_width(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` of image ``index``, read from the file header only."""
+        return read_size(self.image_path(index))
+
+    def load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """Decode image ``index`` into ``uint8[H, W, 3]`` and its target of plain tensors."""
+        image = load_rgb(self.image_path(index))
+        height, width = image.shape[:2]
+        raw = self._instances(index, height, width)
+        return image, self._target(index, raw, height, width)
+
+    def _target(self, index: int, raw: Instances, height: int, width: int) -> dict[str, Any]:
+        n = len(raw)
+        masks = raw.masks
+        if masks is not None:
+            boxes = masks_to_boxes(masks) if n else torch.zeros((0, 4))
+            area = masks.flatten(1).sum(1).to(torch.float32) if n else torch.zeros((0,))
+            empty = area == 0
+        else:
+            boxes = raw.boxes.to(torch.float32).reshape(-1, 4) if raw.boxes is not None else torch.zeros((0, 4))
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+            empty = torch.zeros((n,), dtype=torch.bool)
+        iscrowd = raw.iscrowd if raw.iscrowd is not None else torch.zeros((n,), dtype=torch.int64)
+        flat = ~empty & ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        where = self._annotation_source(index)
+        if empty.any():
+            self.problem("empty-mask", where, f"instance(s) {_names(empty, raw.ids)} have no mask pixels; dropped", WARNING)
+        if flat.any():
+            self.problem("degenerate-box", where,
+                         f"instance(s) {_names(flat, raw.ids)}: zero-width or zero-height box; dropped", WARNING)
+        keep = ~(empty | flat)
+        if not self.keep_crowd:
+            keep &= iscrowd == 0
+        target: dict[str, Any] = {
+            "boxes": boxes[keep].to(torch.float32),
+            "labels": raw.labels[keep].to(torch.int64),
+            "image_id": self.image_id(index),
+            "area": area[keep].to(torch.float32),
+            "iscrowd": iscrowd[keep].to(torch.int64),
+        }
+        if masks is not None:
+            target["masks"] = masks[keep].to(torch.uint8)
+        if raw.keypoints is not None:
+            target["keypoints"] = raw.keypoints[keep].to(torch.float32)
+        return target
+
+    def _annotation_source(self, index: int) -> str:
+        """The file to name in a per-image problem (a mask, a label file, or the image)."""
+        return str(self.image_path(index))
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        array, target = self.load(index)
+        image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
+        height, width = array.shape[:2]
+        target["boxes"] = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(height, width))
+        if "masks" in target:
+            target["masks"] = tv_tensors.Mask(target["masks"])
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def verify(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Decode every image and its annotations once, so bad files fail before training starts.
+
+        Returns the number of instances. Raises :class:`DatasetError` naming the first bad file.
+        """
+        total = 0
+        for i in range(len(self)):
+            _, target = self.load(i)
+            total += len(target["boxes"])
+            if progress is not None:
+                progress(i + 1, len(self))
+        return total
+
+
+def _names(flags: torch.Tensor, ids: list[int] | None) -> list[int]:
+    positions = [int(i) for i in torch.nonzero(flags).flatten()]
+    return [ids[i] for i in positions] if ids is not None else [i + 1 for i in positions]
+
+
+def relative_name(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` with forward slashes (file names in splits and results)."""
+    return Path(os.path.relpath(path, root)).as_posix()

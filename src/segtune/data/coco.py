@@ -1,0 +1,412 @@
+"""Owns the COCO instances JSON data set: one annotation file listing images, annotations and categories.
+
+Segmentations may be polygons (one annotation may have several parts), uncompressed RLE (``counts``
+as a list) or compressed RLE (``counts`` as a string). Category ids need not be contiguous: the
+categories, in ascending id order, become labels 1..C, and ``category_ids`` maps them back.
+``iscrowd`` regions are kept for evaluation and left out of training, as COCO recipes do. A data set
+where no annotation has a segmentation is box-only. Images listed with no annotation are negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from faster_coco_eval.core import mask as mask_utils
+
+from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink
+from segtune.errors import DatasetError
+
+# A JSON string (escapes included), a bracket or a colon: enough to follow the nesting and spot keys.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:]', re.DOTALL)
+
+
+def has_top_level_keys(path: Path, keys: Sequence[str]) -> bool:
+    """Whether the JSON object in ``path`` has all ``keys`` at its top level.
+
+    Scans the file (memory-mapped) only as far as it must, without building the JSON: a COCO file of
+    hundreds of megabytes is parsed once, by the reader, not again just to tell its format.
+    """
+    wanted = {json.dumps(k).encode() for k in keys}
+    try:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            start = 3 if data[:3] == b"\xef\xbb\xbf" else 0  # a UTF-8 byte-order mark
+            first = re.compile(rb"\s*").match(data, start).end()
+            if data[first:first + 1] != b"{":
+                return False
+            depth, previous = 0, b""
+            for match in _TOKEN.finditer(data, first):
+                token = match.group()
+                if token in (b"{", b"["):
+                    depth += 1
+                elif token in (b"}", b"]"):
+                    depth -= 1
+                    if depth == 0:
+                        break
+                elif token == b":" and depth == 1:
+                    wanted.discard(previous)
+                    if not wanted:
+                        return True
+                previous = token
+    except (OSError, ValueError):  # unreadable, or empty (mmap refuses a zero-length file)
+        return False
+    return False
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _key(value: Any) -> int | None:
+    """``value`` if it can be an id (an int), else None: a list or dict in the JSON must not reach a dict lookup."""
+    return value if _is_int(value) else None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class _Annotation:
+    """One annotation as checked at construction: what ``_instances`` needs, nothing else."""
+
+    id: int
+    label: int
+    crowd: int
+    segmentation: list[list[float]] | dict[str, Any] | None  # None: none given (use the bbox)
+    bbox: list[float] | None
+    keypoints: list[float] | None
+
+
+@dataclass(frozen=True)
+class _Image:
+    id: int
+    file_name: str
+    height: int | None
+    width: int | None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise DatasetError(f"{path}: cannot read the annotation file ({e})") from None
+    lists = ("images", "annotations", "categories")
+    missing = [k for k in lists if not isinstance(data, dict) or not isinstance(data.get(k), list)]
+    if missing:
+        raise DatasetError(f"{path}: {', '.join(repr(k) for k in missing)} missing or not a list; a COCO "
+                           f"instances file is a JSON object with 'images', 'annotations' and 'categories' lists")
+    return data
+
+
+def _default_image_root(annotation_file: Path, names: list[str]) -> Path:
+    """The JSON's folder if the file names resolve there, else its parent (``annotations/x.json`` + images)."""
+    folders = [annotation_file.parent, annotation_file.parent.parent]
+    for folder in folders:
+        if any((folder / name).is_file() for name in names):
+            return folder
+    raise DatasetError(
+        f"{annotation_file}: none of its {len(names)} images (first: '{names[0]}') were found under "
+        f"{' or '.join(str(f) for f in folders)}; pass --image-root with the folder its file_name paths start from"
+    )
+
+
+@FORMATS.register("coco")
+class CocoDataset(DetectionDataset):
+    """A detection/segmentation data set read from a COCO instances JSON file.
+
+    Targets are described in :class:`~segtune.data.base.DetectionDataset`; ``image_id`` is COCO's own
+    image id and instance names in messages are annotation ids.
+
+    Args:
+        annotation_file: the COCO instances JSON file.
+        image_root: the folder ``file_name`` paths are relative to. Default: the JSON's folder if the
+            images are found there, else its parent.
+        transforms: a callable ``(image, target) -> (image, target)``, e.g. a ``transforms.v2`` pipeline.
+        files: restrict the data set to these ``file_name`` values, in this order (a split).
+        keep_crowd, sink: see :class:`~segtune.data.base.DetectionDataset`.
+
+    Raises:
+        DatasetError: the file is missing, is not JSON, lacks the COCO lists, has bad categories, or
+            none of its images exist.
+    """
+
+    format = "coco"
+
+    @classmethod
+    def detect(cls, path: Path, data_cfg: Any) -> bool:
+        return path.is_file() and path.suffix.lower() == ".json" and has_top_level_keys(path, ("images", "annotations"))
+
+    @classmethod
+    def from_config(cls, data_cfg: Any, path: Path) -> dict[str, Any]:
+        return {"image_root": data_cfg.image_root}
+
+    def __init__(
+        self,
+        annotation_file: str | os.PathLike,
+        *,
+        image_root: str | os.PathLike | None = None,
+        transforms: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None,
+        files: list[str] | None = None,
+        keep_crowd: bool = True,
+        sink: ProblemSink | None = None,
+    ) -> None:
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
+        self.annotation_file = Path(annotation_file)
+        data = _read_json(self.annotation_file)
+        self._read_categories(data["categories"])
+        images = self._read_images(data["images"])
+        if not images:
+            raise DatasetError(f"{self.annotation_file}: 'images' lists no usable image")
+        names = [image.file_name for image in images.values()]
+        self.root = Path(image_root) if image_root is not None else _default_image_root(self.annotation_file, names)
+        self._annotations = self._read_annotations(data["annotations"], images)
+        del data  # the parsed JSON can be large; keep only what _instances needs
+
+        missing = [image for image in images.values() if not (self.root / image.file_name).is_file()]
+        for n, image in enumerate(missing):
+            self.problem("missing-image", self.annotation_file,
+                         f"image {image.id} points to '{image.file_name}', which is missing under {self.root}"
+                         + (f" ({len(missing)} images are missing)" if len(missing) > 1 and not n else ""))
+        gone = {image.id for image in missing}
+        if len(gone) == len(images):
+            raise DatasetError(f"{self.annotation_file}: none of its {len(images)} images exist under {self.root}")
+        self._images = {image.file_name: image for image in images.values() if image.id not in gone}
+        self._set_images({name: self.root / name for name in self._images}, files)
+
+    # --- reading the JSON -----------------------------------------------------------------------
+
+    def _read_categories(self, categories: list[Any]) -> None:
+        where = self.annotation_file
+        by_id: dict[int, dict[str, Any]] = {}
+        for n, cat in enumerate(categories):
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+                raise DatasetError(f"{where}: categories[{n}] needs an integer 'id' and a 'name' string, "
+                                   f"got {cat!r:.80}")
+            if cat["id"] in by_id:
+                raise DatasetError(f"{where}: category id {cat['id']} is listed twice "
+                                   f"('{by_id[cat['id']]['name']}' and '{cat['name']}')")
+            by_id[cat["id"]] = cat
+        if not by_id:
+            raise DatasetError(f"{where}: 'categories' is empty; a COCO file names at least one category")
+        ordered = [by_id[i] for i in sorted(by_id)]
+        self.classes = [cat["name"] for cat in ordered]
+        self.category_ids = [cat["id"] for cat in ordered]
+        self._labels = {cat_id: i + 1 for i, cat_id in enumerate(self.category_ids)}
+        for cat in ordered:  # torchvision's keypoint heads predict one K for all classes: take the first
+            if isinstance(cat.get("keypoints"), list) and cat["keypoints"]:
+                self.keypoint_names = [str(k) for k in cat["keypoints"]]
+                self.skeleton = [list(pair) for pair in cat.get("skeleton") or []]
+                break
+
+    def _read_images(self, entries: list[Any]) -> dict[int, _Image]:
+        where = self.annotation_file
+        images: dict[int, _Image] = {}
+        by_name: dict[str, int] = {}
+        for n, entry in enumerate(entries):
+            if not (isinstance(entry, dict) and _is_int(entry.get("id")) and isinstance(entry.get("file_name"), str)):
+                self.problem("bad-entry", where, f"images[{n}] needs an integer 'id' and a 'file_name' string, "
+                             f"got {entry!r:.80}; skipped")
+                continue
+            image_id = entry["id"]
+            name = entry["file_name"].replace("\\", "/")  # files written on Windows
+            if image_id in images:
+                self.problem("duplicate-id", where, f"image id {image_id} is listed twice "
+                             f"('{images[image_id].file_name}' and '{name}'); the second is ignored")
+                continue
+            if name in by_name:
+                self.problem("duplicate-name", where, f"'{name}' is listed twice (image ids {by_name[name]} and "
+                             f"{image_id}); the second is ignored")
+                continue
+            height, width = entry.get("height"), entry.get("width")
+            images[image_id] = _Image(image_id, name, height if _is_int(height) else None,
+                                      width if _is_int(width) else None)
+            by_name[name] = image_id
+        return images
+
+    def _read_annotations(self, entries: list[Any], images: dict[int, _Image]) -> dict[int, list[_Annotation]]:
+        where = self.annotation_file
+        # Box-only means no annotation has a segmentation; in a mask data set the few without one use their box.
+        self.has_masks = any(isinstance(a, dict) and a.get("segmentation") for a in entries)
+        k = len(self.keypoint_names or [])
+        if not k:
+            k = max((len(a["keypoints"]) // 3 for a in entries
+                     if isinstance(a, dict) and isinstance(a.get("keypoints"), list)), default=0)
+        self.num_keypoints = k
+        by_image: dict[int, list[_Annotation]] = {}
+        seen: set[int] = set()
+        dangling = sum(1 for a in entries if isinstance(a, dict) and _key(a.get("image_id")) not in images)
+        boxed: list[int] = []
+        for n, ann in enumerate(entries):
+            if not isinstance(ann, dict) or not _is_int(ann.get("id")):
+                self.problem("bad-entry", where, f"annotations[{n}] needs an integer 'id', got {ann!r:.80}; skipped")
+                continue
+            aid = ann["id"]
+            if aid in seen:
+                self.problem("duplicate-id", where, f"annotation id {aid} is listed twice; the second is ignored")
+                continue
+            seen.add(aid)
+            if _key(ann.get("image_id")) not in images:
+                self.problem("dangling-id", where, f"annotation {aid}: image_id {ann.get('image_id')!r:.40} points at "
+                             f"no image in 'images'; skipped"
+                             + (f" ({dangling} annotations point at nothing)" if dangling > 1 else ""))
+                dangling = 0  # say the total once
+                continue
+            label = self._labels.get(_key(ann.get("category_id")))
+            if label is None:
+                self.problem("unknown-label", where, f"annotation {aid}: category_id {ann.get('category_id')!r} is not "
+                             f"in 'categories' (ids: {', '.join(map(str, self.category_ids))}); skipped")
+                continue
+            segmentation = self._check_segmentation(ann.get("segmentation"), aid) if self.has_masks else None
+            if segmentation is False:
+                continue
+            bbox = ann.get("bbox")
+            if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+                bbox = None
+                if segmentation is None:  # the box is all this annotation has
+                    self.problem("bad-box", where, f"annotation {aid}: 'bbox' must be [x, y, width, height], "
+                                 f"got {ann.get('bbox')!r:.60}; skipped")
+                    continue
+            elif segmentation is None and self.has_masks:
+                boxed.append(aid)
+            keypoints = self._check_keypoints(ann.get("keypoints"), aid)
+            by_image.setdefault(ann["image_id"], []).append(
+                _Annotation(aid, label, 1 if ann.get("iscrowd") else 0, segmentation, bbox, keypoints))
+        if boxed:
+            self.problem("no-segmentation", where,
+                         f"{len(boxed)} annotation(s) have no segmentation (ids {', '.join(map(str, boxed[:5]))}"
+                         f"{', ...' if len(boxed) > 5 else ''}) while others have; their bbox rectangle is used as "
+                         f"the mask", WARNING)
+        return by_image
+
+    def _check_segmentation(self, seg: Any, aid: int) -> list[list[float]] | dict[str, Any] | None | bool:
+        """The usable part of ``seg``; None when there is none, False when it is unusable (reported)."""
+        where = self.annotation_file
+        if seg is None or seg == []:
+            return None
+        if isinstance(seg, dict):
+            size, counts = seg.get("size"), seg.get("counts")
+            if (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and v > 0 for v in size)
+                    and (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(c) for c in counts)))):
+                if isinstance(counts, str) or sum(counts) == size[0] * size[1]:
+                    return seg
+                self.problem("bad-rle", where, f"annotation {aid}: RLE counts add up to {sum(counts)} pixels, "
+                             f"but its size {size[0]}x{size[1]} (height x width) has {size[0] * size[1]}; skipped")
+                return False
+            self.problem("bad-rle", where, f"annotation {aid}: an RLE segmentation needs 'size': [height, width] "
+                         f"and 'counts' (a list of integers or a string); skipped")
+            return False
+        if isinstance(seg, list):
+            good = []
+            for n, poly in enumerate(seg):
+                if (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+                        and all(_is_number(v) for v in poly)):
+                    good.append(poly)
+                    continue
+                got = (f"{len(poly)} numbers" if isinstance(poly, list) else type(poly).__name__)
+                self.problem("bad-polygon", where, f"annotation {aid}: polygon {n} has {got}; a polygon is a flat "
+                             f"list of at least 3 (x, y) points; dropped")
+            return good or False
+        self.problem("bad-segmentation", where, f"annotation {aid}: 'segmentation' must be a list of polygons or "
+                     f"an RLE object, got {type(seg).__name__}; skipped")
+        return False
+
+    def _check_keypoints(self, keypoints: Any, aid: int) -> list[float] | None:
+        if keypoints is None or not self.num_keypoints:
+            return None
+        k = self.num_keypoints
+        if isinstance(keypoints, list) and len(keypoints) == 3 * k and all(_is_number(v) for v in keypoints):
+            return keypoints
+        self.problem("bad-keypoints", self.annotation_file,
+                     f"annotation {aid}: 'keypoints' must be {3 * k} numbers ({k} x, y, visibility triples), "
+                     f"got {keypoints!r:.60}; treated as unlabelled")
+        return None
+
+    # --- per image ------------------------------------------------------------------------------
+
+    def _image_id_of(self, name: str) -> int:
+        return self._images[name].id
+
+    def _annotation_source(self, index: int) -> str:
+        return str(self.annotation_file)
+
+    def get_height_and_width(self, index: int) -> tuple[int, int]:
+        """``(height, width)`` from the JSON when it gives them (as torchvision's COCO reader does), else the file."""
+        image = self._images[self.files[index]]
+        if image.height and image.width:
+            return image.height, image.width
+        return super().get_height_and_width(index)
+
+    def _instances(self, index: int, height: int, width: int) -> Instances:
+        image = self._images[self.files[index]]
+        anns = self._annotations.get(image.id, [])
+        if None not in (image.height, image.width) and (image.height, image.width) != (height, width):
+            self.problem("size-mismatch", self.annotation_file,
+                         f"image {image.id} '{image.file_name}' is {width}x{height} (width x height) on disk but the "
+                         f"JSON says {image.width}x{image.height}; its annotations are skipped")
+            anns = []
+        masks: list[np.ndarray] = []
+        kept: list[_Annotation] = []
+        for ann in anns:
+            if self.has_masks:
+                mask = self._decode(ann, image, height, width)
+                if mask is None:
+                    continue
+                masks.append(mask)
+            kept.append(ann)
+        n = len(kept)
+        raw = Instances(
+            labels=torch.tensor([a.label for a in kept], dtype=torch.int64),
+            iscrowd=torch.tensor([a.crowd for a in kept], dtype=torch.int64),
+            ids=[a.id for a in kept],
+        )
+        if self.has_masks:
+            raw.masks = (torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, height, width))).to(torch.uint8)
+        else:
+            xywh = torch.tensor([a.bbox for a in kept], dtype=torch.float32).reshape(-1, 4)
+            raw.boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        if self.num_keypoints:
+            points = torch.zeros((n, self.num_keypoints, 3), dtype=torch.float32)
+            for i, ann in enumerate(kept):
+                if ann.keypoints is not None:
+                    points[i] = torch.tensor(ann.keypoints, dtype=torch.float32).reshape(-1, 3)
+            raw.keypoints = points
+        return raw
+
+    def _decode(self, ann: _Annotation, image: _Image, height: int, width: int) -> np.ndarray | None:
+        """``uint8[H, W]`` mask of one annotation, or None when its RLE does not fit the image (reported)."""
+        seg = ann.segmentation
+        if seg is None:  # a mask data set with a box-only annotation: the rectangle stands in for the mask
+            x, y, w, h = ann.bbox
+            mask = np.zeros((height, width), dtype=np.uint8)
+            mask[max(int(np.floor(y)), 0):max(int(np.ceil(y + h)), 0),
+                 max(int(np.floor(x)), 0):max(int(np.ceil(x + w)), 0)] = 1
+            return mask
+        if isinstance(seg, list):  # polygons, drawn at the image's real size; parts of one object are merged
+            return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(seg, height, width)))
+        if list(seg["size"]) != [height, width]:
+            self.problem("size-mismatch", self.annotation_file,
+                         f"annotation {ann.id}: its RLE is {seg['size'][1]}x{seg['size'][0]} (width x height) but "
+                         f"image {image.id} '{image.file_name}' is {width}x{height}; skipped")
+            return None
+        counts = seg["counts"]
+        try:
+            rle = (mask_utils.frPyObjects(seg, height, width) if isinstance(counts, list)
+                   else {"size": [height, width], "counts": counts.encode("ascii")})
+            return mask_utils.decode(rle)
+        except (ValueError, RuntimeError, UnicodeEncodeError) as e:  # how faster-coco-eval rejects bad counts
+            self.problem("bad-rle", self.annotation_file, f"annotation {ann.id}: RLE cannot be decoded ({e}); skipped")
+            return None
