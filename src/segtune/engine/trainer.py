@@ -119,8 +119,6 @@ def train(cfg: Config) -> TrainResult:
     cfg.data.classes = list(full.classes)  # formats with their own class list win; config.yaml records it
     if not full.has_masks and cfg.model.name.startswith("maskrcnn"):
         raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
-    logger.info("data: %s (%s format): %d images, %d instances, classes %s", full.root, full.format,
-                report.images, report.instances, cfg.data.classes)
     split = make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed)
 
     seed_everything(cfg.train.seed)
@@ -147,6 +145,8 @@ def train(cfg: Config) -> TrainResult:
         write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
         save_split(run_dir / SPLIT_FILE, split)
         logger.info("run folder: %s", run_dir)
+        logger.info("data: %s (%s format): %d images, %d instances, classes %s", full.root, full.format,
+                    report.images, report.instances, cfg.data.classes)
         _log_setting_notes(cfg, device)
         logger.info("split: %d train / %d test images (seed %d, saved in %s)",
                     len(train_ds), len(test_ds), cfg.data.split_seed, run_dir / SPLIT_FILE)
