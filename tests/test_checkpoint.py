@@ -13,7 +13,7 @@ import torch
 import segtune
 from segtune.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from segtune.config import Config
-from segtune.errors import CheckpointError, WeightsError
+from segtune.errors import CheckpointError
 from segtune.fileio import atomic_write, write_json, write_text
 from segtune.models import build_model, model_from_checkpoint
 

@@ -8,7 +8,6 @@ import logging
 import threading
 import warnings
 import zipfile
-import zlib
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 

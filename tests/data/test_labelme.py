@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from segtune.config import DataConfig
@@ -20,15 +19,9 @@ from segtune.data.labelme import LabelmeDataset
 from segtune.data.masks_folder import MaskFolderDataset
 from segtune.errors import DatasetError
 
-H, W = 32, 40
-# (y0, y1, x0, x1) as numpy slices, so mask[y0:y1, x0:x1] is the object.
-RECT_A = (2, 8, 3, 10)
-RECT_B = (12, 30, 20, 37)
-RECT_C = (5, 21, 0, 16)
+from tests.data.rects import (RECT_A, RECT_B, RECT_C, H, W, assert_same_targets, pixels,
+                              reference_mask_folder)
 
-
-def _pixels(seed: int, size: tuple[int, int] = (H, W)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(*size, 3), dtype=np.uint8)
 
 
 def _corners(rect: tuple[int, int, int, int]) -> list[list[float]]:
@@ -51,7 +44,7 @@ def _annotate(json_path: Path, image_name: str | None, shapes: list[dict], *, se
     """Write an image (unless ``image_name`` is None) and its LabelMe JSON, as LabelMe 5 does."""
     json_path.parent.mkdir(parents=True, exist_ok=True)
     if image_name is not None:
-        Image.fromarray(_pixels(seed, size)).save(json_path.parent / image_name)
+        Image.fromarray(pixels(seed, size)).save(json_path.parent / image_name)
     data = {"version": "5.4.1", "flags": {}, "shapes": shapes, "imagePath": image_path or image_name,
             "imageData": None, "imageHeight": size[0], "imageWidth": size[1], **extra}
     json_path.write_text(json.dumps(data, indent=2))
@@ -66,38 +59,12 @@ def _labelme_set(root: Path) -> Path:
     return root
 
 
-def _mask_set(root: Path) -> Path:
-    (root / "PNGImages").mkdir(parents=True)
-    (root / "PedMasks").mkdir(parents=True)
-    contents = {"a": (1, {1: RECT_A, 2: RECT_B}), "b": (2, {}), "c": (3, {3: RECT_C})}
-    for stem, (seed, rects) in contents.items():
-        Image.fromarray(_pixels(seed)).save(root / "PNGImages" / f"{stem}.png")
-        mask = np.zeros((H, W), np.uint8)
-        for value, (y0, y1, x0, x1) in rects.items():
-            mask[y0:y1, x0:x1] = value
-        Image.fromarray(mask, mode="L").save(root / "PedMasks" / f"{stem}_mask.png")
-    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": ["cat", "dog"],
-                                                      "values": {1: "cat", 2: "dog", 3: "cat"}}))
-    return root
-
 
 @pytest.fixture
 def reference(tmp_path: Path) -> MaskFolderDataset:
-    root = _mask_set(tmp_path / "masks")
-    return MaskFolderDataset(root, class_map=root / "classes.yaml")
+    return reference_mask_folder(tmp_path / "masks")
 
 
-def _assert_same(ds, reference) -> None:
-    assert len(ds) == len(reference) == 3
-    for i in range(3):
-        image, target = ds[i]
-        ref_image, ref_target = reference[i]
-        assert torch.equal(image, ref_image)
-        assert set(target) == set(ref_target) == {"boxes", "labels", "masks", "area", "iscrowd", "image_id"}
-        for key in ("boxes", "labels", "masks", "area", "iscrowd"):
-            assert target[key].dtype == ref_target[key].dtype, key
-            assert torch.equal(target[key].as_subclass(torch.Tensor), ref_target[key].as_subclass(torch.Tensor)), key
-        assert target["image_id"] == ref_target["image_id"] == i
 
 
 # ---------------------------------------------------------------- targets
@@ -110,7 +77,7 @@ def test_targets_equal_the_mask_folder_reader(tmp_path: Path, reference):
     assert ds.classes == ["cat", "dog"]  # no labels.txt: the sorted labels found
     assert ds.files == ds.all_files == ["a.png", "b.png", "sub/c.png"]
     assert ds.json_path(2) == root / "sub" / "c.json"
-    _assert_same(ds, reference)
+    assert_same_targets(ds, reference)
 
     # Corners x = 3..10 cover pixel columns 3..9 (COCO's convention: pixels whose centres are inside),
     # for polygons and rectangles alike, so the box's x2 is 9 as masks_to_boxes gives for mask[:, 3:10].
@@ -183,7 +150,7 @@ def test_classes_from_labels_txt(tmp_path: Path):
 def test_windows_image_path_and_images_in_another_folder(tmp_path: Path):
     root = tmp_path / "lm"
     (root / "pictures").mkdir(parents=True)
-    Image.fromarray(_pixels(5)).save(root / "pictures" / "w.png")
+    Image.fromarray(pixels(5)).save(root / "pictures" / "w.png")
     _annotate(root / "json" / "w.json", None, [rectangle("cat", RECT_A)], image_path="..\\pictures\\w.png")
     ds = LabelmeDataset(root)
     assert ds.files == ["pictures/w.png"] and ds.image_path(0) == root / "pictures" / "w.png"
@@ -208,7 +175,7 @@ def test_every_problem_kind_is_named_with_its_file(tmp_path: Path):
     broken = root / "sub" / "broken.json"
     broken.write_text('{\n  "shapes": [\n    {"label": "cat",,}\n  ]\n}\n')  # the 2nd comma: line 3, column 21
     resized = _annotate(root / "b.json", "b.png", [], seed=2, size=(H, W + 8))
-    Image.fromarray(_pixels(2)).save(root / "b.png")  # the image is 40 wide; the JSON says 48
+    Image.fromarray(pixels(2)).save(root / "b.png")  # the image is 40 wide; the JSON says 48
     (root / "config.json").write_text('{"not": "labelme"}')  # other JSON files are not ours
 
     sink = ProblemSink(collect=True)
@@ -248,7 +215,7 @@ def test_every_problem_kind_is_named_with_its_file(tmp_path: Path):
 def test_errors_stop_training(tmp_path: Path):
     root = _labelme_set(tmp_path / "lm")
     _annotate(root / "b.json", "b.png", [], seed=2, size=(H + 1, W))
-    Image.fromarray(_pixels(2)).save(root / "b.png")
+    Image.fromarray(pixels(2)).save(root / "b.png")
     ds = LabelmeDataset(root)  # opens: the size is only known once the image is read
     with pytest.raises(DatasetError) as e:
         ds[1]
@@ -277,7 +244,7 @@ def test_detect_format_and_open_dataset(tmp_path: Path, reference):
     assert detect_format(root, cfg) == "labelme"
     ds = open_dataset(DataConfig(path=str(root), format="auto"))
     assert isinstance(ds, LabelmeDataset)
-    _assert_same(ds, reference)
+    assert_same_targets(ds, reference)
 
     assert not LabelmeDataset.detect(tmp_path / "masks", cfg)  # a mask folder
     assert not LabelmeDataset.detect(root / "a.json", cfg)  # a file, not a folder

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image
 from pycocotools import mask as coco_mask
@@ -19,16 +18,9 @@ from segtune.data.polygons import polygons_to_mask
 from segtune.data.yolo import YoloDataset, label_path
 from segtune.errors import DatasetError
 
-H, W = 32, 40
-CLASSES = ["cat", "dog"]
-# (y0, y1, x0, x1) as numpy slices, so mask[y0:y1, x0:x1] is the object.
-RECT_A = (2, 8, 3, 10)
-RECT_B = (12, 30, 20, 37)
-RECT_C = (5, 21, 0, 16)  # touches the left edge
+from tests.data.rects import (CLASSES, RECT_A, RECT_B, RECT_C, H, W, assert_same_targets,
+                              reference_mask_folder)
 
-
-def _pixels(seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(H, W, 3), dtype=np.uint8)
 
 
 def _polygon_line(cls: int, rect: tuple[int, int, int, int]) -> str:
@@ -68,39 +60,12 @@ def _yolo_set(root: Path, *, names: object = CLASSES) -> Path:
     return root
 
 
-def _mask_set(root: Path) -> Path:
-    """The same images and rectangles as a mask folder, classes through a class map."""
-    (root / "PNGImages").mkdir(parents=True)
-    (root / "PedMasks").mkdir(parents=True)
-    contents = {"a": (1, {1: RECT_A, 2: RECT_B}), "b": (2, {}), "c": (3, {3: RECT_C})}
-    for stem, (seed, rects) in contents.items():
-        Image.fromarray(_pixels(seed)).save(root / "PNGImages" / f"{stem}.png")
-        mask = np.zeros((H, W), np.uint8)
-        for value, (y0, y1, x0, x1) in rects.items():
-            mask[y0:y1, x0:x1] = value
-        Image.fromarray(mask, mode="L").save(root / "PedMasks" / f"{stem}_mask.png")
-    (root / "classes.yaml").write_text(yaml.safe_dump({"classes": CLASSES, "values": {1: "cat", 2: "dog", 3: "cat"}}))
-    return root
 
-
-def _assert_same(ds, reference) -> None:
-    assert len(ds) == len(reference) == 3
-    for i in range(3):
-        image, target = ds[i]
-        ref_image, ref_target = reference[i]
-        assert torch.equal(image, ref_image)
-        assert set(target) == set(ref_target) == {"boxes", "labels", "masks", "area", "iscrowd", "image_id"}
-        for key in ("boxes", "labels", "masks", "area", "iscrowd"):
-            assert target[key].dtype == ref_target[key].dtype, key
-            assert torch.equal(target[key].as_subclass(torch.Tensor), ref_target[key].as_subclass(torch.Tensor)), key
-        assert target["image_id"] == ref_target["image_id"] == i
-        assert target["boxes"].canvas_size == (H, W)
 
 
 @pytest.fixture
 def reference(tmp_path: Path) -> MaskFolderDataset:
-    root = _mask_set(tmp_path / "masks")
-    return MaskFolderDataset(root, class_map=root / "classes.yaml")
+    return reference_mask_folder(tmp_path / "masks")
 
 
 # ---------------------------------------------------------------- targets
@@ -112,7 +77,7 @@ def test_targets_equal_the_mask_folder_reader(tmp_path: Path, reference, entry: 
     ds = YoloDataset(root / "data.yaml" if entry == "yaml" else root)
     assert ds.format == "yolo" and ds.classes == CLASSES
     assert ds.files == ds.all_files == ["images/a.png", "images/b.png", "images/sub/c.png"]
-    _assert_same(ds, reference)
+    assert_same_targets(ds, reference)
 
     # The values themselves: polygon x = 3..10 covers pixel columns 3..9 (COCO's rasteriser fills the
     # pixels whose centres are inside), so the box's x2 is 9, the last covered column, as masks_to_boxes gives.
@@ -332,7 +297,7 @@ def test_detect_format_and_open_dataset(tmp_path: Path, reference):
     for path in (root, root / "data.yaml"):
         ds = open_dataset(DataConfig(path=str(path), format="auto"))
         assert isinstance(ds, YoloDataset)
-        _assert_same(ds, reference)
+        assert_same_targets(ds, reference)
 
     # Not YOLO: a YAML without names, a mask folder, and images/ + labels/ holding mask images.
     (tmp_path / "other.yaml").write_text("classes: [a]\n")

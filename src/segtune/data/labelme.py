@@ -122,10 +122,6 @@ class LabelmeDataset(DetectionDataset):
             return False
         return any(_looks_like_labelme(p) for p in _json_files(path))
 
-    @classmethod
-    def from_config(cls, data_cfg: Any, path: Path) -> dict[str, Any]:
-        return {}
-
     def __init__(
         self,
         folder: str | os.PathLike,

@@ -157,10 +157,6 @@ class YoloDataset(DetectionDataset):
         labels = path / "labels"
         return any(labels.rglob("*.txt")) or not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in labels.rglob("*"))
 
-    @classmethod
-    def from_config(cls, data_cfg: Any, path: Path) -> dict[str, Any]:
-        return {}
-
     def __init__(
         self,
         path: str | os.PathLike,
