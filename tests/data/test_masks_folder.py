@@ -304,3 +304,57 @@ def test_pennfudan_verify_counts_all_instances(pennfudan: Path):
     ds = MaskFolderDataset(pennfudan)
     assert len(ds) == 170
     assert ds.verify() == 423
+
+
+def _multi_class_folder(root: Path) -> Path:
+    """One RGB-coloured mask (red and green objects) and one grey mask with values 1, 2 and 3."""
+    (root / "PNGImages").mkdir(parents=True)
+    (root / "PedMasks").mkdir()
+    for stem in ("rgb", "grey"):
+        Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(root / "PNGImages" / f"{stem}.png")
+    colour = np.zeros((20, 24, 3), np.uint8)
+    colour[2:6, 2:8] = (255, 0, 0)
+    colour[10:16, 12:20] = (0, 255, 0)
+    Image.fromarray(colour).save(root / "PedMasks" / "rgb_mask.png")
+    grey = np.zeros((20, 24), np.uint8)
+    grey[1:4, 1:4], grey[5:9, 5:9], grey[12:18, 2:10] = 1, 2, 3
+    Image.fromarray(grey, mode="L").save(root / "PedMasks" / "grey_mask.png")
+    return root
+
+
+def test_class_map_by_value_and_colour(tmp_path: Path):
+    root = _multi_class_folder(tmp_path / "d")
+    (root / "map.yaml").write_text(
+        "classes: [person, bike]\nvalues: {1: person, 2: person, 3: bike, '#ff0000': person, '0,255,0': bike}\n"
+    )
+    ds = MaskFolderDataset(root, class_map=root / "map.yaml")
+    assert ds.classes == ["person", "bike"]
+    targets = {name: ds.load(i)[1] for i, name in enumerate(ds.files)}
+    assert targets["grey.png"]["labels"].tolist() == [1, 1, 2]
+    # Colours are packed as (r << 16) | (g << 8) | b, so green (0x00ff00) sorts before red (0xff0000).
+    assert targets["rgb.png"]["labels"].tolist() == [2, 1]
+    assert targets["rgb.png"]["boxes"].tolist() == [[12.0, 10.0, 19.0, 15.0], [2.0, 2.0, 7.0, 5.0]]
+
+
+def test_sidecar_names_the_classes_of_one_image(tmp_path: Path):
+    root = _multi_class_folder(tmp_path / "d")
+    (root / "map.yaml").write_text("classes: [person, bike]\nvalues: {1: person, 2: person, 3: person}\n")
+    (root / "PedMasks" / "grey_mask.json").write_text('{"3": "bike"}')  # overrides the map for this image
+    ds = MaskFolderDataset(root, class_map=root / "map.yaml", files=["grey.png"])
+    assert ds.load(0)[1]["labels"].tolist() == [1, 1, 2]
+
+
+def test_class_map_errors_name_the_file_and_value(tmp_path: Path):
+    root = _multi_class_folder(tmp_path / "d")
+    (root / "map.yaml").write_text("classes: [person]\nvalues: {1: person, 2: person}\n")
+    ds = MaskFolderDataset(root, class_map=root / "map.yaml", files=["grey.png"])
+    with pytest.raises(DatasetError, match=re.escape(str(root / "PedMasks" / "grey_mask.png")) + ".*value 3"):
+        ds.load(0)
+    (root / "bad.yaml").write_text("values: {1: person}\n")
+    with pytest.raises(DatasetError, match="bad.yaml: a class map needs 'classes"):
+        MaskFolderDataset(root, class_map=root / "bad.yaml")
+    (root / "wrong.yaml").write_text("classes: [person]\nvalues: {1: car}\n")
+    with pytest.raises(DatasetError, match=r"wrong.yaml: values map to \['car'\]"):
+        MaskFolderDataset(root, class_map=root / "wrong.yaml")
+    with pytest.raises(DatasetError, match="missing.yaml: class map file not found"):
+        MaskFolderDataset(root, class_map=root / "missing.yaml")
