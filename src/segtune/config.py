@@ -56,8 +56,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = _opt("maskrcnn_resnet50_fpn", "model architecture", flag="--model", choices=["maskrcnn_resnet50_fpn"])
-    weights: str = _opt("DEFAULT", "DEFAULT | COCO_V1 | none | path to a .pth/.pt file")
+    name: str = _opt("maskrcnn_resnet50_fpn", "model architecture (segtune models lists them)", flag="--model")
+    weights: str = _opt("DEFAULT", "whole-model weights: DEFAULT | COCO_V1 | other torchvision entry | none | path")
+    weights_backbone: str = _opt("DEFAULT", "backbone-only weights when --weights is none: DEFAULT | IMAGENET1K_V1 | "
+                                 "none | path")
+    backbone: str | None = _opt(None, "custom backbone (torchvision classification model, e.g. mobilenet_v2, "
+                                "resnet18) under the detector family of --model")
+    fpn: bool = _opt(True, "custom backbone: put a feature pyramid on it")
+    norm: str = _opt("auto", "backbone normalisation: auto (frozen BN when pretrained, else BN) | frozen_bn | bn | gn",
+                     choices=["auto", "frozen_bn", "bn", "gn"])
+    anchor_sizes: list[int] | None = _opt(None, "custom backbone: anchor sizes in pixels (one per FPN level, or all "
+                                          "on the single map without FPN)")
+    aspect_ratios: list[float] | None = _opt(None, "custom backbone: anchor aspect ratios (height / width)")
+    roi_output_size: int = _opt(7, "custom backbone: RoIAlign output size of the box head")
+    roi_sampling_ratio: int = _opt(2, "custom backbone: RoIAlign sampling ratio")
+    init_head_from_coco: str | None = _opt(None, "start the new head rows from COCO classes: 'person', or "
+                                           "'pedestrian=person,bike=bicycle'")
     min_size: int = _opt(800, "shorter image side after the model's resize")
     max_size: int = _opt(1333, "longer image side cap after the model's resize")
     trainable_backbone_layers: int | None = _opt(None, "ResNet stages to train, 0-5 (default: 3 when pretrained, 5 otherwise)")
@@ -123,6 +137,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # pipeline working; accuracy from random initialisation in minutes is near zero.
     "cpu-quick": {
         "model.weights": "none",
+        "model.weights_backbone": "none",
         "model.min_size": 320,
         "model.max_size": 512,
         "model.rpn_pre_nms_top_n_train": 600,
@@ -161,7 +176,7 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = [parse_value(v.strip()) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [coerce(v, item_tp, where) for v in value]
@@ -279,7 +294,6 @@ def validate(cfg: Config) -> None:
         (cfg.model.min_size >= 32 and cfg.model.max_size >= cfg.model.min_size,
          "model.min_size must be at least 32 and model.max_size at least model.min_size"),
         (cfg.train.preset in (*PRESETS, "auto"), f"train.preset must be one of: {', '.join(PRESETS)}, auto"),
-        (cfg.model.name in ("maskrcnn_resnet50_fpn",), "model.name: only maskrcnn_resnet50_fpn is available"),
     ]
     for ok, message in checks:
         if not ok:
