@@ -13,7 +13,7 @@ PENNFUDAN = Path(os.environ.get("SEGTUNE_DATA", Path(__file__).resolve().parents
 
 # Small model settings so a Mask R-CNN step runs in about a second on a CPU.
 TINY_MODEL = {
-    "model.weights": "none", "model.min_size": 64, "model.max_size": 96,
+    "model.weights": "none", "model.weights_backbone": "none", "model.min_size": 64, "model.max_size": 96,
     "model.rpn_pre_nms_top_n_train": 100, "model.rpn_post_nms_top_n_train": 50,
     "model.rpn_pre_nms_top_n_test": 50, "model.rpn_post_nms_top_n_test": 25,
     "model.box_batch_size_per_image": 32, "model.box_detections_per_img": 20,

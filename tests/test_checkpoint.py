@@ -262,6 +262,7 @@ TINY = {"min_size": 64, "max_size": 96}
 def tiny_config(weights: str = "none") -> Config:
     cfg = Config()
     cfg.model.weights = weights
+    cfg.model.weights_backbone = "none"  # as build_model's default: the saved model has trainable BatchNorm
     cfg.model.min_size, cfg.model.max_size = 64, 96
     cfg.model.box_detections_per_img = 20
     return cfg

@@ -61,7 +61,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
         ({"train.epoch": 3}, "did you mean 'epochs'"),
         ({"optim.lr": 3}, "'optim.lr' is not a config key"),
         ({"train.epochs": 0}, "train.epochs must be at least 1"),
-        ({"model.name": "yolo"}, "model.name"),
+        ({"model.norm": "layer"}, "model.norm"),
     ],
 )
 def test_bad_values_name_the_source_and_key(layer: dict, message: str) -> None:

@@ -114,9 +114,10 @@ class TrainConfig:
     ema: bool = _opt(False, "keep an exponential moving average of the weights; evaluated and saved as ema.pt")
     ema_decay: float = _opt(0.9998, "EMA decay per optimiser step")
     deterministic: bool = _opt(False, "deterministic algorithms (slower; same results run to run on one device)")
-    keep_last: int = _opt(1, "keep this many epoch checkpoints (epoch-N.pt) besides last.pt and best.pt")
+    keep_last: int = _opt(0, "also keep the checkpoints of the last N epochs (weights/epoch-N.pt) besides "
+                          "last.pt and best.pt")
     early_stop_patience: int | None = _opt(None, "stop when the best metric has not improved for this many epochs")
-    early_stop_metric: str = _opt("auto", "metric for best.pt and early stopping: auto (segm AP, else bbox AP) "
+    early_stop_metric: str = _opt("auto", "metric for best.pt and early stopping: auto (segm AP, else keypoints AP, else bbox AP) "
                                   "or type/stat, e.g. bbox/AP50")
     tensorboard: bool = _opt(True, "write TensorBoard event files into the run folder (tb/)")
     sync_bn: bool = _opt(False, "distributed: convert BatchNorm to SyncBatchNorm")
@@ -227,6 +228,11 @@ def parse_value(text: str) -> Any:
     except yaml.YAMLError:
         return text
     # YAML reads "none"/"None" as a string and "null"/"~" as None; keep ``none`` a string for weights.
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-12 (no dot) as a string; a user means a number
+            return float(value) if any(c in value for c in "eE") and value.strip()[0] in "0123456789.-+" else value
+        except ValueError:
+            return value
     return value
 
 
@@ -302,6 +308,12 @@ def preset_layer(name: str) -> tuple[str, dict[str, Any]]:
 
 def validate(cfg: Config) -> None:
     """Check values that a type alone does not constrain."""
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            choices = f.metadata.get("choices")
+            value = getattr(getattr(cfg, section), f.name)
+            if choices and value not in choices:
+                raise ConfigError(f"{section}.{f.name} '{value}' is not one of: {', '.join(choices)}")
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
@@ -314,7 +326,6 @@ def validate(cfg: Config) -> None:
         (len(cfg.data.classes) >= 1, "data.classes must name at least one class"),
         (cfg.model.min_size >= 32 and cfg.model.max_size >= cfg.model.min_size,
          "model.min_size must be at least 32 and model.max_size at least model.min_size"),
-        (cfg.train.preset in (*PRESETS, "auto"), f"train.preset must be one of: {', '.join(PRESETS)}, auto"),
     ]
     for ok, message in checks:
         if not ok:

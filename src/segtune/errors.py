@@ -47,3 +47,9 @@ class TrainingError(SegtuneError):
     """Training cannot go on (for example the loss became non-finite)."""
 
     exit_code = 1
+
+
+class TrainingInterrupted(SegtuneError):
+    """Ctrl-C or SIGTERM stopped training after a step; ``last.pt`` holds the exact state to resume from."""
+
+    exit_code = 130

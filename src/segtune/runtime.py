@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import resource
 import sys
@@ -42,10 +43,42 @@ def default_workers(device: torch.device, requested: int | None) -> int:
     return 4 if device.type == "cuda" else 0
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's ``random``, NumPy's global generator and torch (CPU and every GPU).
+
+    Args:
+        seed: the seed.
+        deterministic: also make torch choose deterministic kernels: ``use_deterministic_algorithms``
+            (``warn_only``, because some detection ops, e.g. the backward of ``roi_align`` on CUDA, have
+            no deterministic form and should warn rather than stop training), cuDNN without
+            benchmarking, and the cuBLAS workspace setting CUDA needs for reproducible matrix
+            products. Same results run to run on one device; slower.
+    """
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # seeds CUDA too
+    if deterministic:
+        # Read by cuBLAS when its handle is created, so set before the first CUDA matmul.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoader workers: seed ``random`` and NumPy from the worker's torch seed.
+
+    The loader gives each worker the torch seed ``base_seed + worker_id``, where ``base_seed`` comes
+    from the loader's ``generator``; deriving the others from it makes augmentations that draw from
+    ``random`` or NumPy differ between workers yet repeat between runs with the same seed.
+    """
+    del worker_id  # already part of torch.initial_seed() here
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+worker_init_fn = seed_worker
 
 
 def peak_memory_mb(device: torch.device) -> float:

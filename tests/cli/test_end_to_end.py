@@ -181,7 +181,7 @@ def test_python_dash_m_segtune_runs() -> None:
 def test_train_on_real_pennfudan_then_evaluate_and_predict(pennfudan: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     code = main(["train", "--data", str(pennfudan), "--out", str(run), "--epochs", "1", "--test-size", "3",
-                 "--max-iters-per-epoch", "2", "--weights", "none", "--min-size", "128", "--max-size", "192",
+                 "--max-iters-per-epoch", "2", "--weights", "none", "--weights-backbone", "none", "--min-size", "128", "--max-size", "192",
                  "--rpn-post-nms-top-n-train", "100", "--box-batch-size-per-image", "64"])
     assert code == 0
     history = json.loads((run / "metrics.json").read_text())

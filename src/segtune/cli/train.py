@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 from typing import Any
 
 from segtune.cli.options import add_section_flags, section_flags
 from segtune.config import SECTIONS, flatten, load_yaml, parse_value
+from segtune.configs import named_config, named_configs
 from segtune.engine import configure, train
+from segtune.checkpoint import load_checkpoint
 from segtune.engine.run import CONFIG_FILE
+from segtune.engine.state import find_resume_checkpoint
 from segtune.errors import ConfigError
 
 logger = logging.getLogger("segtune")
@@ -23,17 +27,31 @@ def add_parser(sub: Any) -> None:
         "Defaults are the torchvision tutorial recipe (preset 'tutorial'); any value can be set by "
         "its flag, by a --config YAML file, or as section.key=value.",
     )
-    p.add_argument("--config", help="YAML config file, e.g. a run's config.yaml to repeat it")
+    p.add_argument("--config", help="YAML config file, e.g. a run's config.yaml to repeat it, or the name of a "
+                   f"packaged config ({', '.join(named_configs())})")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="more overrides, e.g. train.lr=0.01")
+    p.add_argument("--resume", nargs="?", const="latest", dest="train.resume", default=argparse.SUPPRESS,
+                   metavar="RUN", help="go on with an interrupted run exactly where it stopped: its folder or "
+                   "weights/last.pt; alone: the newest run next to --out. Its config is used; flags given "
+                   "here (e.g. --epochs) override it")
     for section in SECTIONS:
-        add_section_flags(p, section)
+        add_section_flags(p, section, skip=("resume",) if section == "train" else ())
     p.set_defaults(run=run)
 
 
 def user_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     layers = []
+    resume = vars(args).get("train.resume")
+    if resume:
+        # The run's own config first, so `--resume RUN` alone repeats it; anything given here overrides it.
+        last = find_resume_checkpoint(resume, vars(args).get("train.out", "runs/train"))
+        run_config = flatten(load_checkpoint(last)["config"])
+        run_config.pop("train.resume", None)
+        layers.append((f"{last} (config of the resumed run)", run_config))
     if args.config:
-        layers.append((str(args.config), flatten(load_yaml(args.config))))
+        # A value that is not a file names a packaged config (segtune/configs/NAME.yaml).
+        path = Path(args.config) if Path(args.config).is_file() else named_config(args.config)
+        layers.append((str(path), flatten(load_yaml(path))))
     flags = {k: v for section in SECTIONS for k, v in section_flags(args, section).items()}
     if flags:
         layers.append(("command line", flags))

@@ -69,7 +69,7 @@ def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool 
 def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: bool, workers: int,
                  generator: torch.Generator | None = None, aspect_ratio_group_factor: int = -1,
                  sampler: torch.utils.data.Sampler | None = None,
-                 collate_fn: Callable | None = None) -> DataLoader:
+                 collate_fn: Callable | None = None, worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
     """A loader of ``(images, targets)`` batches; every image comes once per epoch, none is dropped.
 
     Args:
@@ -85,6 +85,7 @@ def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: b
             ``loader.batch_sampler.set_epoch(epoch)`` every epoch in training.
         collate_fn: how a batch is put together, e.g. :func:`segtune.data.collate.build_collate`'s
             copy-paste; None = :func:`segtune.data.collate.collate`.
+        worker_init_fn: seeds each worker process (see :func:`segtune.runtime.seed_worker`).
     """
     collate_fn = collate if collate_fn is None else collate_fn
     if train:
@@ -93,8 +94,8 @@ def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: b
         batch_sampler = make_batch_sampler(dataset, batch_size=batch_size, group_factor=aspect_ratio_group_factor,
                                            sampler=sampler)
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn,
-                          generator=generator, persistent_workers=False)
+                          generator=generator, worker_init_fn=worker_init_fn, persistent_workers=False)
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-        generator=generator, persistent_workers=False,
+        generator=generator, worker_init_fn=worker_init_fn, persistent_workers=False,
     )

@@ -43,16 +43,20 @@ class Smoothed:
 class EpochReporter:
     """Collects one epoch's losses and timings and reports them every ``print_freq`` iterations."""
 
-    def __init__(self, epoch: int, total: int, *, device: torch.device, print_freq: int = 10) -> None:
+    def __init__(self, epoch: int, total: int, *, device: torch.device, print_freq: int = 10, start: int = 0,
+                 enabled: bool = True) -> None:
+        """``start``: iterations already done (a resumed epoch); ``enabled=False`` collects silently
+        (processes other than the first in distributed training)."""
         self.epoch, self.total, self.device, self.print_freq = epoch, total, device, print_freq
+        self.first, self.enabled = start, enabled
         self.meters: dict[str, Smoothed] = {}
         self.iter_time, self.data_time = Smoothed(), Smoothed()
         self.start = self.last = time.perf_counter()
         self.bar = None
-        if is_terminal():
+        if is_terminal() and enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=start, desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
 
     def data_ready(self) -> None:
         self.data_time.update(time.perf_counter() - self.last)
@@ -67,7 +71,7 @@ class EpochReporter:
             self.bar.set_postfix(loss=f"{self.meters['loss'].median:.3f}", lr=f"{lr:.2e}",
                                  s_it=f"{self.iter_time.median:.2f}", refresh=False)
             self.bar.update(1)
-        if i % self.print_freq == 0 or i == self.total:
+        if self.enabled and (i % self.print_freq == 0 or i == self.total):
             self._line(i, lr)
 
     def _line(self, i: int, lr: float) -> None:
@@ -85,7 +89,8 @@ class EpochReporter:
             self.bar.close()
         elapsed = time.perf_counter() - self.start
         n = max(1, self.iter_time.count)
-        logger.info("Epoch: [%d] Total time: %s (%.4f s / it)", self.epoch, format_seconds(elapsed), elapsed / n)
+        if self.enabled:
+            logger.info("Epoch: [%d] Total time: %s (%.4f s / it)", self.epoch, format_seconds(elapsed), elapsed / n)
         out = {name: m.global_avg for name, m in self.meters.items()}
         out.update({"time_s": elapsed, "s_per_iter": elapsed / n, "iters": self.iter_time.count})
         return out

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from segtune.config import Config, build_config, preset_layer
-from segtune.models import resolve_weights, weights_available
+from segtune.models import default_weights, weights_available
 
 logger = logging.getLogger("segtune.train")
 
@@ -24,7 +24,11 @@ def choose_preset(device: str = "auto", model: str = "maskrcnn_resnet50_fpn") ->
     if device != "cpu" and torch.cuda.is_available():
         logger.info("preset auto -> tutorial (a GPU is available)")
         return "tutorial"
-    weights = resolve_weights(model, "DEFAULT")
+    weights = default_weights(model)
+    if weights is None:
+        logger.warning("preset auto -> cpu-quick: no GPU, and %s has no whole-model pretrained weights, so this "
+                       "runs a short schedule on small images.", model)
+        return "cpu-quick"
     if weights_available(weights):
         logger.info("preset auto -> tutorial (COCO weights %s are available; on CPU this takes hours)", weights)
         return "tutorial"

@@ -1,10 +1,19 @@
-"""Owns the training loop: data checks, split, model, SGD + schedule, evaluation every epoch, checkpoints."""
+"""Owns the training loop: set-up from a config, epochs of steps, evaluation, checkpoints, resume and stops.
+
+Everything optional (TensorBoard, the results plot, early stopping, user callbacks) is a hook; the
+loop itself does the steps, mixed precision, accumulation, clipping, EMA and DistributedDataParallel.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
+import signal
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,16 +23,21 @@ from torch import nn
 
 from segtune.checkpoint import save_checkpoint
 from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import (build_collate, build_dataset, build_loader, check_dataset, make_split, open_dataset,
-                          raise_on_errors, save_split)
+from segtune.data import (build_collate, build_dataset, check_dataset, make_split, open_dataset, raise_on_errors,
+                          save_split)
+from segtune.data.build import build_loader
+from segtune.engine import distributed as dist
+from segtune.engine.ema import ModelEMA
+from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook, select_metric
 from segtune.engine.logger import EpochReporter
-from segtune.engine.optim import build_optimizer, build_scheduler
+from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from segtune.engine.run import CONFIG_FILE, SPLIT_FILE, attach_log_file, detach_log_file, new_run_dir, write_metrics
-from segtune.errors import ConfigError, TrainingError
+from segtune.engine.state import capture_rng, find_resume_checkpoint, load_resume_state, restore_rng
+from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.fileio import write_text
-from segtune.models import build_from_config
-from segtune.runtime import default_workers, resolve_device, seed_everything
+from segtune.models import MODELS, build_from_config
+from segtune.runtime import default_workers, seed_everything, seed_worker
 
 logger = logging.getLogger("segtune.train")
 
@@ -42,48 +56,377 @@ class TrainResult:
         return self.history[-1]["metrics"] if self.history else {}
 
 
-def _primary(metrics: dict[str, dict[str, float]]) -> float:
-    return metrics.get("segm", metrics.get("bbox", {})).get("AP", -1.0)
+class Trainer:
+    """Trains ``cfg``'s model on ``cfg``'s data; :meth:`fit` runs it (and :func:`train` is the short way).
+
+    Hooks receive the trainer; what they may read: ``cfg``, ``run_dir``, ``model`` (unwrapped),
+    ``optimizer``, ``epoch``, ``step``, ``history``; they may set ``stop_training``.
+    """
+
+    def __init__(self, cfg: Config, hooks: Sequence[Hook] = ()) -> None:
+        self.cfg = cfg
+        self.user_hooks = list(hooks)
+        self.stop_training = False
+        self.history: list[dict[str, Any]] = []
+        self.epoch = self.step = 0
+        self._signal: str | None = None
+
+    # --- set-up ---------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.dist = dist.init_distributed(cfg.train.device)
+        self.device = self.dist.device
+        self.main = self.dist.rank == 0
+        if not self.main:  # one process speaks for all; the others only warn
+            logging.getLogger("segtune").setLevel(logging.WARNING)
+        cfg.data.path = resolve_data_path(cfg.data.path)
+        resume = None
+        if cfg.train.resume:
+            resume = load_resume_state(find_resume_checkpoint(cfg.train.resume, cfg.train.out))
+        self.report = check_dataset(cfg.data, progress=self.main)  # the data doctor, before anything is written
+        raise_on_errors(self.report)
+        if self.main:
+            for problem in self.report.warnings[:10]:
+                logger.warning("%s", problem)
+            if len(self.report.warnings) > 10:
+                logger.warning("... and %d more warnings (segtune data check %s lists them all)",
+                               len(self.report.warnings) - 10, cfg.data.path)
+        full = open_dataset(cfg.data)
+        self.full = full
+        cfg.data.classes = list(full.classes)  # formats with their own class list win; config.yaml records it
+        spec = MODELS.get(cfg.model.name)
+        if spec.has_masks and not full.has_masks:
+            raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
+        keypoints = _keypoint_info(full)
+        if spec.has_keypoints and not keypoints["num_keypoints"]:
+            raise ConfigError(f"{full.root}: the data set has no keypoints, but {cfg.model.name} needs them (a COCO "
+                              f"person-keypoints file: 'keypoints' in its categories and annotations)")
+        self.keypoints = keypoints if spec.has_keypoints else {}
+        self.split = resume["split"] if resume else make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed)
+
+        seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
+        model = build_from_config(cfg.model, num_classes=len(cfg.data.classes) + 1, classes=list(cfg.data.classes),
+                                  num_keypoints=self.keypoints.get("num_keypoints"),
+                                  load_weights=resume is None).to(self.device)
+        self.model = model
+        self.train_ds = build_dataset(cfg.data, files=self.split["train"], train=True, augment=cfg.train.augment,
+                                      hflip_prob=cfg.train.hflip_prob)
+        self.test_ds = build_dataset(cfg.data, files=self.split["test"], train=False)
+        self.workers = default_workers(self.device, cfg.data.workers)
+        self.generator = torch.Generator()
+        sampler = None
+        if self.dist.world_size > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                self.train_ds, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
+                seed=cfg.train.seed, drop_last=False)
+        self.loader = build_loader(
+            self.train_ds, batch_size=cfg.train.batch_size, train=True, workers=self.workers, generator=self.generator,
+            aspect_ratio_group_factor=cfg.data.aspect_ratio_group_factor, sampler=sampler,
+            collate_fn=build_collate(cfg.train.augment, seed=cfg.train.seed), worker_init_fn=seed_worker)
+        batches = len(self.loader.batch_sampler)
+        self.iters = batches if cfg.train.max_iters_per_epoch is None else min(batches, cfg.train.max_iters_per_epoch)
+        self.accumulate = max(1, cfg.train.accumulate)
+        steps_per_epoch = math.ceil(self.iters / self.accumulate)
+        lr = cfg.train.lr
+        if cfg.train.lr_scale_with_batch:
+            lr = scaled_lr(lr, cfg.train.batch_size * self.accumulate, self.dist.world_size,
+                           cfg.train.lr_scale_with_batch)
+        self.optimizer = build_optimizer(
+            model, name=cfg.train.optimizer, lr=lr, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov,
+            weight_decay=cfg.train.weight_decay, no_decay_norm=cfg.train.no_decay_norm)
+        self.scheduler = build_scheduler(
+            self.optimizer, iters_per_epoch=steps_per_epoch, schedule=cfg.train.schedule, epochs=cfg.train.epochs,
+            warmup_iters=cfg.train.warmup_iters, warmup_factor=cfg.train.warmup_factor, lr_step=cfg.train.lr_step,
+            lr_milestones=cfg.train.lr_milestones, lr_gamma=cfg.train.lr_gamma)
+        self._setup_amp()
+        self.ema = ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+        self.ddp = dist.wrap_ddp(model, self.dist, sync_bn=cfg.train.sync_bn)
+        if self.ddp is not model:
+            self.model = self.ddp.module  # SyncBatchNorm conversion may have made a new module
+        self.start_iteration = 0
+        if resume is not None:
+            self._load_resume(resume)
+
+    def _setup_amp(self) -> None:
+        amp = self.cfg.train.amp
+        if amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp fp16 needs a CUDA device (on CPU use bf16 or none)")
+        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+    def _load_resume(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and "ema" in ckpt:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.start_iteration = int(ckpt.get("iteration", 0))
+        self.history = list(ckpt.get("history", []))
+        self.resumed_from = ckpt["path"]
+        if "rng" in ckpt:
+            restore_rng(ckpt["rng"])
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        """Run every remaining epoch; see :func:`train`."""
+        self._setup()
+        cfg = self.cfg
+        resumed = getattr(self, "resumed_from", None)
+        self.run_dir = Path(resumed).parent.parent if resumed else (new_run_dir(cfg.train.out) if self.main else None)
+        self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
+        handler = attach_log_file(self.run_dir) if self.main else None
+        self.hooks = HookList(self._builtin_hooks() + self.user_hooks)
+        old_handlers = self._catch_signals()
+        try:
+            if self.main:
+                # config.yaml is what `segtune train --config` replays, so it never says "resume".
+                write_text(self.run_dir / CONFIG_FILE, dump_yaml(dataclasses.replace(
+                    cfg, train=dataclasses.replace(cfg.train, resume=None))))
+                if not resumed:
+                    save_split(self.run_dir / SPLIT_FILE, self.split)
+                self._log_start(resumed)
+            self.gt = dataset_ground_truth(self.test_ds, cfg.data.classes)
+            self.hooks.before_train(self)
+            while self.epoch < cfg.train.epochs and not self.stop_training:
+                self._run_epoch()
+            self.hooks.after_train(self, self.result())
+            return self.result()
+        finally:
+            self._restore_signals(old_handlers)
+            if handler is not None:
+                detach_log_file(handler)
+            dist.cleanup()
+
+    def _run_epoch(self) -> None:
+        epoch = self.epoch
+        self.hooks.before_epoch(self, epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        try:
+            losses = self._train_epoch(epoch)
+        except TrainingError as e:
+            kept = (f"{self.run_dir / 'weights' / 'last.pt'} (epoch {epoch - 1}) is kept" if epoch
+                    else "no epoch finished, so no checkpoint was written")
+            raise TrainingError(f"{e}; {kept}") from None
+        if losses is None:  # stopped by a signal or a hook in the middle of the epoch
+            return
+        start = time.perf_counter()
+        metrics, detections = self._evaluate(self.model)
+        record = {"epoch": epoch, "step": self.step, "lr": lr, "train": losses, "metrics": metrics,
+                  "eval_time_s": time.perf_counter() - start, "detections": detections}
+        if self.ema is not None:
+            record["ema"], _ = self._evaluate(self.ema.module)
+        self.hooks.after_eval(self, epoch, metrics)
+        self.history.append(record)
+        self.epoch, self.start_iteration = epoch + 1, 0
+        if self.main:
+            write_metrics(self.run_dir, self.history)
+            self._save_epoch(record)
+        self.hooks.after_epoch(self, epoch, record)
+
+    def _train_epoch(self, epoch: int) -> dict[str, float] | None:
+        """One epoch from ``start_iteration``; None when a stop was asked for before its end."""
+        cfg = self.cfg
+        self.ddp.train()
+        batch_sampler = self.loader.batch_sampler
+        if hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(epoch)
+        # The order of an epoch depends only on (seed, epoch), so a resumed run draws the same batches
+        # and skips the ones already done without loading them.
+        self.generator.manual_seed(cfg.train.seed + epoch)
+        batches = list(batch_sampler)[: self.iters]
+        loader = build_loader_from_batches(self.loader, batches[self.start_iteration:], self.generator)
+        report = EpochReporter(epoch, self.iters, device=self.device, print_freq=cfg.train.print_freq,
+                               start=self.start_iteration, enabled=self.main)
+        for i, (images, targets) in enumerate(loader, self.start_iteration + 1):
+            report.data_ready()
+            images = [img.to(self.device, non_blocking=True) for img in images]
+            targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+                       for t in targets]
+            with self._autocast():
+                loss_dict = self.ddp(images, targets)
+            loss = sum(loss_dict.values())
+            values = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in loss_dict.items()}}
+            if not math.isfinite(values["loss"]):
+                report.close()
+                terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "loss")
+                raise TrainingError(f"loss is {values['loss']} at epoch {epoch}, iteration {i} "
+                                    f"(step {self.step + 1}): {terms}; try a lower --lr or --clip-grad-norm")
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
+            last_of_group = i % self.accumulate == 0 or i == self.iters
+            # Under DDP, gradients are averaged across processes only on the batch that ends a group.
+            sync = contextlib.nullcontext() if last_of_group or self.ddp is self.model else self.ddp.no_sync()
+            with sync:
+                self.scaler.scale(loss / self.accumulate).backward()
+            self._last_losses = values
+            if last_of_group:
+                self._optimizer_step()
+            report.step(i, values, lr)
+            # A stop takes effect between optimiser steps, never inside an accumulation group.
+            if (self._signal or self.stop_training) and last_of_group and i < self.iters:
+                report.close()
+                self._interrupt(epoch, i)
+                return None
+        return report.close()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.train.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self.hooks.after_step(self, self.step, self._last_losses)  # before the schedule moves: logs this step's lr
+        self.scheduler.step()
+
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, dict[str, float]], int]:
+        """COCO metrics of ``model`` on the test split; with several processes each scores a shard."""
+        cfg = self.cfg
+        report = evaluate_model(
+            model, self.test_ds, cfg.data.classes, device=self.device, batch_size=cfg.eval.batch_size,
+            workers=self.workers, mask_threshold=cfg.eval.mask_threshold, gt=self.gt,
+            shard=(self.dist.rank, self.dist.world_size), gather=dist.all_gather_objects)
+        return report.metrics, report.num_detections
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "epoch": self.epoch, "step": self.step,
+                "classes": list(self.cfg.data.classes), "category_ids": list(self.full.category_ids),
+                "config": self.cfg.to_dict(), "split": self.split, **self.keypoints}
+
+    def _training_state(self, iteration: int) -> dict[str, Any]:
+        state = {**self._state(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "scaler": self.scaler.state_dict(), "iteration": iteration, "rng": capture_rng(),
+                 "history": self.history}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def _save_epoch(self, record: dict[str, Any]) -> None:
+        weights = self.run_dir / "weights"
+        state = {**self._state(), "metrics": record["metrics"]}
+        # last.pt also holds the optimiser, schedule and RNG states (to go on training); best.pt is for use.
+        save_checkpoint(weights / "last.pt", {**self._training_state(0), "metrics": record["metrics"]})
+        if self.cfg.train.keep_last > 0:
+            save_checkpoint(weights / f"epoch-{record['epoch']}.pt", state)
+            for old in sorted(weights.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-self.cfg.train.keep_last]:
+                old.unlink()
+        if self.ema is not None:
+            save_checkpoint(weights / "ema.pt", {**state, "model": self.ema.module.state_dict(),
+                                                 "metrics": record["ema"]})
+        metric = self.cfg.train.early_stop_metric
+        scores = [select_metric(r["metrics"], metric)[1] for r in self.history]
+        if scores[-1] >= max(scores):
+            save_checkpoint(weights / "best.pt", state)
+        best = max(range(len(scores)), key=scores.__getitem__)
+        logger.info("epoch %d: %s  (best epoch %d)", record["epoch"],
+                    "  ".join(f"{t} AP {m['AP']:.4f}" for t, m in record["metrics"].items()), self.history[best]["epoch"])
+
+    def _interrupt(self, epoch: int, iteration: int) -> None:
+        """Write ``last.pt`` at this iteration and stop with a resume hint."""
+        why = f"signal {self._signal}" if self._signal else "a hook asked to stop"
+        if self.main:
+            save_checkpoint(self.run_dir / "weights" / "last.pt", self._training_state(iteration))
+        dist.barrier()
+        message = (f"stopped by {why} at epoch {epoch}, iteration {iteration}; {self.run_dir / 'weights' / 'last.pt'} "
+                   f"holds the exact state: resume with  segtune train --resume {self.run_dir}")
+        if self._signal:
+            raise TrainingInterrupted(message)
+        logger.info("%s", message)
+
+    def result(self) -> TrainResult:
+        if not self.history:
+            return TrainResult(run_dir=self.run_dir, best_epoch=-1, best_metrics={}, history=[])
+        scores = [select_metric(r["metrics"], self.cfg.train.early_stop_metric)[1] for r in self.history]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return TrainResult(run_dir=self.run_dir, best_epoch=self.history[best]["epoch"],
+                           best_metrics=self.history[best]["metrics"], history=list(self.history))
+
+    # --- around the loop ------------------------------------------------------------------------
+
+    def _builtin_hooks(self) -> list[Hook]:
+        hooks: list[Hook] = [ResultsPlotHook(self.run_dir)]
+        if self.cfg.train.tensorboard:
+            hooks.append(TensorBoardHook(self.run_dir / "tb"))
+        if self.cfg.train.early_stop_patience is not None:
+            hooks.append(EarlyStopping(self.cfg.train.early_stop_metric, self.cfg.train.early_stop_patience))
+        return hooks
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """Ctrl-C / SIGTERM finish the current step, write last.pt and stop (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._signal:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            self._signal = signal.Signals(signum).name
+            logger.warning("%s received: finishing this step, then writing last.pt (again to stop at once)",
+                           self._signal)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+    def _log_start(self, resumed: str | None) -> None:
+        cfg = self.cfg
+        logger.info("run folder: %s", self.run_dir)
+        if resumed:
+            logger.info("resuming from %s at epoch %d, iteration %d (step %d)", resumed, self.epoch,
+                        self.start_iteration, self.step)
+        logger.info("data: %s (%s format): %d images, %d instances, classes %s", self.full.root, self.full.format,
+                    self.report.images, self.report.instances, cfg.data.classes)
+        _log_setting_notes(cfg, self.device)
+        if self.dist.world_size > 1:
+            logger.info("distributed: %d processes (%s)", self.dist.world_size, self.dist.backend)
+        logger.info("split: %d train / %d test images (seed %d, saved in %s)", len(self.train_ds), len(self.test_ds),
+                    cfg.data.split_seed, self.run_dir / SPLIT_FILE)
+        logger.info("schedule: %d epochs x %d iterations, batch %d%s", cfg.train.epochs, self.iters,
+                    cfg.train.batch_size, f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else "")
 
 
-def train_one_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loader: Any, *, epoch: int,
-    iters: int, step: int, device: torch.device, print_freq: int, clip_grad_norm: float | None = None,
-) -> tuple[dict[str, float], int]:
-    """One epoch of at most ``iters`` iterations; returns the average loss terms and the new step count."""
-    model.train()
-    report = EpochReporter(epoch, iters, device=device, print_freq=print_freq)
-    for i, (images, targets) in enumerate(loader, 1):
-        report.data_ready()
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-        loss_dict = model(images, targets)
-        loss = sum(loss_dict.values())
-        values = {k: float(v.detach()) for k, v in loss_dict.items()}
-        if not math.isfinite(float(loss.detach())):
-            report.close()
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-            raise TrainingError(
-                f"loss is {float(loss.detach())} at epoch {epoch}, iteration {i} (step {step + 1}): {terms}; "
-                f"try a lower --lr or --clip-grad-norm"
-            )
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses, before the schedule moves on
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        report.step(i, {"loss": float(loss.detach()), **values}, lr)
-        if i >= iters:
-            break
-    return report.close(), step
+def _keypoint_info(dataset: Any) -> dict[str, Any]:
+    """The checkpoint's keypoint keys: ``num_keypoints``, ``keypoint_names``, ``skeleton`` (COCO's 1-based pairs).
+
+    ``num_keypoints`` is what :func:`segtune.models.model_from_checkpoint` rebuilds the keypoint head
+    with; names and skeleton let ``segtune predict`` label and draw them. Empty values without keypoints.
+    """
+    names = list(dataset.keypoint_names or [])
+    count = len(names) or int(getattr(dataset, "num_keypoints", 0) or 0)
+    return {"num_keypoints": count, "keypoint_names": names,
+            "skeleton": [list(pair) for pair in (dataset.skeleton or [])]}
+
+
+def build_loader_from_batches(template: torch.utils.data.DataLoader, batches: list[list[int]],
+                              generator: torch.Generator) -> torch.utils.data.DataLoader:
+    """A loader over fixed ``batches`` of indices with ``template``'s data set, workers and collate."""
+    return torch.utils.data.DataLoader(
+        template.dataset, batch_sampler=batches, num_workers=template.num_workers, collate_fn=template.collate_fn,
+        generator=generator, worker_init_fn=template.worker_init_fn, persistent_workers=False)
 
 
 def _log_setting_notes(cfg: Config, device: torch.device) -> None:
     """Say plainly what this run could not use (pretrained weights, a GPU) and what that means."""
-    if cfg.model.weights in ("none", "None", ""):
+    if cfg.model.weights in ("none", "None", "") and cfg.model.weights_backbone in ("none", "None", ""):
         logger.warning(
             "NOTE: training from random initialisation (no pretrained weights). Mask R-CNN needs many "
             "epochs to learn from scratch: expect AP near 0 after a short run. With COCO weights "
@@ -96,96 +439,16 @@ def _log_setting_notes(cfg: Config, device: torch.device) -> None:
         logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
 
 
-def train(cfg: Config) -> TrainResult:
+def train(cfg: Config, hooks: Sequence[Hook] = ()) -> TrainResult:
     """Train, evaluate after every epoch and checkpoint, as ``cfg`` says; return the results.
 
     Nothing is written until the data has been read in full and the model built, so bad data or
-    missing weights leave no run folder behind.
+    missing weights leave no run folder behind. ``hooks`` are :class:`segtune.engine.hooks.Hook`
+    objects called at the usual points (see there).
 
     Raises:
         DatasetError, WeightsError, ConfigError: bad input, before anything is written.
         TrainingError: the loss became non-finite (``weights/last.pt`` of the last epoch is kept).
+        TrainingInterrupted: Ctrl-C or SIGTERM; ``weights/last.pt`` holds the exact state to resume.
     """
-    device = resolve_device(cfg.train.device)
-    cfg.data.path = resolve_data_path(cfg.data.path)
-    report = check_dataset(cfg.data)  # the data doctor: every image and annotation, before anything is written
-    raise_on_errors(report)
-    for problem in report.warnings[:10]:
-        logger.warning("%s", problem)
-    if len(report.warnings) > 10:
-        logger.warning("... and %d more warnings (segtune data check %s lists them all)",
-                       len(report.warnings) - 10, cfg.data.path)
-    full = open_dataset(cfg.data)
-    cfg.data.classes = list(full.classes)  # formats with their own class list win; config.yaml records it
-    if not full.has_masks and cfg.model.name.startswith("maskrcnn"):
-        raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
-    split = make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed)
-
-    seed_everything(cfg.train.seed)
-    num_classes = len(cfg.data.classes) + 1
-    model = build_from_config(cfg.model, num_classes=num_classes).to(device)
-    train_ds = build_dataset(cfg.data, files=split["train"], train=True, augment=cfg.train.augment,
-                             hflip_prob=cfg.train.hflip_prob)
-    test_ds = build_dataset(cfg.data, files=split["test"], train=False)
-    workers = default_workers(device, cfg.data.workers)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    loader = build_loader(train_ds, batch_size=cfg.train.batch_size, train=True, workers=workers, generator=generator,
-                          aspect_ratio_group_factor=cfg.data.aspect_ratio_group_factor,
-                          collate_fn=build_collate(cfg.train.augment, seed=cfg.train.seed))
-    iters = len(loader) if cfg.train.max_iters_per_epoch is None else min(len(loader), cfg.train.max_iters_per_epoch)
-    optimizer = build_optimizer(model, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
-    scheduler = build_scheduler(
-        optimizer, iters_per_epoch=iters, warmup_iters=cfg.train.warmup_iters, warmup_factor=cfg.train.warmup_factor,
-        lr_step=cfg.train.lr_step, lr_gamma=cfg.train.lr_gamma,
-    )
-
-    run_dir = new_run_dir(cfg.train.out)
-    handler = attach_log_file(run_dir)
-    try:
-        write_text(run_dir / CONFIG_FILE, dump_yaml(cfg))
-        save_split(run_dir / SPLIT_FILE, split)
-        logger.info("run folder: %s", run_dir)
-        logger.info("data: %s (%s format): %d images, %d instances, classes %s", full.root, full.format,
-                    report.images, report.instances, cfg.data.classes)
-        _log_setting_notes(cfg, device)
-        logger.info("split: %d train / %d test images (seed %d, saved in %s)",
-                    len(train_ds), len(test_ds), cfg.data.split_seed, run_dir / SPLIT_FILE)
-        logger.info("schedule: %d epochs x %d iterations, batch %d", cfg.train.epochs, iters, cfg.train.batch_size)
-        gt = dataset_ground_truth(test_ds, cfg.data.classes)
-        history: list[dict[str, Any]] = []
-        best_score, best_epoch, best_metrics = -math.inf, -1, {}
-        step = 0
-        for epoch in range(cfg.train.epochs):
-            lr = optimizer.param_groups[0]["lr"]
-            try:
-                losses, step = train_one_epoch(
-                    model, optimizer, scheduler, loader, epoch=epoch, iters=iters, step=step, device=device,
-                    print_freq=cfg.train.print_freq, clip_grad_norm=cfg.train.clip_grad_norm,
-                )
-            except TrainingError as e:
-                kept = (f"{run_dir / 'weights' / 'last.pt'} (epoch {epoch - 1}) is kept" if epoch
-                        else "no epoch finished, so no checkpoint was written")
-                raise TrainingError(f"{e}; {kept}") from None
-            start = time.perf_counter()
-            report = evaluate_model(model, test_ds, cfg.data.classes, device=device, batch_size=cfg.eval.batch_size,
-                                    workers=workers, mask_threshold=cfg.eval.mask_threshold, gt=gt)
-            record = {"epoch": epoch, "step": step, "lr": lr, "train": losses, "metrics": report.metrics,
-                      "eval_time_s": time.perf_counter() - start, "detections": report.num_detections}
-            history.append(record)
-            write_metrics(run_dir, history)
-            state = {
-                "model": model.state_dict(), "epoch": epoch + 1, "step": step, "classes": list(cfg.data.classes),
-                "category_ids": list(full.category_ids), "config": cfg.to_dict(), "split": split, "metrics": report.metrics,
-            }
-            # last.pt also holds the optimiser and schedule (to go on training); best.pt is for use.
-            save_checkpoint(run_dir / "weights" / "last.pt",
-                            {**state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()})
-            score = _primary(report.metrics)
-            if score > best_score:
-                best_score, best_epoch, best_metrics = score, epoch, report.metrics
-                save_checkpoint(run_dir / "weights" / "best.pt", state)
-            logger.info("epoch %d: bbox AP %.4f%s  (best epoch %d)", epoch, report.metrics["bbox"]["AP"],
-                        f"  segm AP {report.metrics['segm']['AP']:.4f}" if "segm" in report.metrics else "", best_epoch)
-        return TrainResult(run_dir=run_dir, best_epoch=best_epoch, best_metrics=best_metrics, history=history)
-    finally:
-        detach_log_file(handler)
+    return Trainer(cfg, hooks).fit()

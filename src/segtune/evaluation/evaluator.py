@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from segtune.checkpoint import load_checkpoint
 from segtune.data import build_dataset, build_loader
-from segtune.evaluation.coco_eval import detections, ground_truth, score
+from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoints, score, stat_names
 from segtune.models import model_from_checkpoint
 from segtune.runtime import default_workers, resolve_device, track
 
@@ -29,8 +30,21 @@ class EvalReport:
     num_detections: int = 0
 
     def primary(self) -> float:
-        """segm AP when the model predicts masks, bbox AP otherwise."""
-        return self.metrics.get("segm", self.metrics["bbox"])["AP"]
+        """The AP that ranks checkpoints: see :func:`primary_metric`."""
+        return primary_metric(self.metrics)
+
+
+def primary_metric(metrics: dict[str, dict[str, float]]) -> float:
+    """segm AP when the model predicts masks, else keypoints AP when it predicts keypoints, else bbox AP.
+
+    The AP of the most specific output the model was trained for: a Keypoint R-CNN is fine-tuned
+    for its keypoints, and its box AP (a person detector's, almost unchanged by the keypoint head)
+    would pick a best checkpoint whose keypoints may be worse.
+    """
+    for iou_type in ("segm", "keypoints", "bbox"):
+        if iou_type in metrics:
+            return metrics[iou_type]["AP"]
+    return -1.0
 
 
 def dataset_ground_truth(dataset: Any, classes: list[str]) -> dict[str, Any]:
@@ -40,12 +54,37 @@ def dataset_ground_truth(dataset: Any, classes: list[str]) -> dict[str, Any]:
         image, target = dataset.load(i)
         height, width = image.shape[:2]
         items.append((dataset.image_id(i), dataset.files[i], height, width, target))
-    return ground_truth(items, classes)
+    return ground_truth(items, classes, keypoint_names=getattr(dataset, "keypoint_names", None),
+                        skeleton=getattr(dataset, "skeleton", None))
 
 
 def has_masks(model: nn.Module) -> bool:
+    """Whether ``model`` has a mask head (Mask R-CNN); RetinaNet, FCOS and Faster R-CNN have none."""
     roi_heads = getattr(model, "roi_heads", None)
-    return bool(roi_heads is not None and roi_heads.has_mask())
+    return bool(roi_heads is not None and getattr(roi_heads, "has_mask", lambda: False)())
+
+
+def has_keypoints(model: nn.Module) -> bool:
+    """Whether ``model`` has a keypoint head (Keypoint R-CNN)."""
+    roi_heads = getattr(model, "roi_heads", None)
+    return bool(roi_heads is not None and getattr(roi_heads, "has_keypoint", lambda: False)())
+
+
+def iou_types_for(model: nn.Module, outputs_keys: set[str], gt: dict[str, Any]) -> tuple[str, ...]:
+    """What to score: ``bbox`` always, ``segm`` for masks, ``keypoints`` for keypoints the ground truth has too.
+
+    Taken from the keys the model's outputs had (torchvision detectors return ``masks`` and
+    ``keypoints`` even for images without detections), else from its heads.
+    """
+    types = ["bbox"]
+    if "masks" in outputs_keys or has_masks(model):
+        types.append("segm")
+    if "keypoints" in outputs_keys or has_keypoints(model):
+        if gt_has_keypoints(gt):
+            types.append("keypoints")
+        else:
+            logger.warning("the model predicts keypoints but the ground truth has none: keypoint AP not scored")
+    return tuple(types)
 
 
 @torch.inference_mode()
@@ -59,42 +98,56 @@ def evaluate_model(
     workers: int = 0,
     mask_threshold: float = 0.5,
     gt: dict[str, Any] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    gather: Callable[[Any], list[Any]] | None = None,
 ) -> EvalReport:
-    """Run ``model`` over ``dataset`` and score it with COCO bbox (and segm) AP.
+    """Run ``model`` over ``dataset`` and score it with COCO AP: bbox, and segm / keypoints when it predicts them.
 
     ``gt`` may be passed in to reuse ground truth across epochs (see :func:`dataset_ground_truth`).
+    In distributed evaluation, ``shard=(rank, world_size)`` runs this process on every
+    ``world_size``-th image (no padding, so no image is scored twice) and ``gather`` (an all-gather of
+    Python objects) collects every process's detections before scoring, so the AP equals a
+    single-process evaluation of the same model.
     """
     if gt is None:
         gt = dataset_ground_truth(dataset, classes)
     was_training = model.training
     model.eval()
     results: list[dict[str, Any]] = []
-    loader = build_loader(dataset, batch_size=batch_size, train=False, workers=workers)
+    output_keys: set[str] = set()
+    rank, world = shard
+    part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+    loader = build_loader(part, batch_size=batch_size, train=False, workers=workers)
     try:
         for images, targets in track(loader, total=len(loader), desc="evaluate"):
             outputs = model([img.to(device) for img in images])
             for target, output in zip(targets, outputs):
+                output_keys.update(output)
                 results.extend(detections(target["image_id"], {k: v.cpu() for k, v in output.items()},
                                           mask_threshold=mask_threshold))
     finally:
         model.train(was_training)
+    if gather is not None and world > 1:
+        gathered = gather((results, sorted(output_keys)))
+        results = [r for part_results, _ in gathered for r in part_results]
+        output_keys = {k for _, keys in gathered for k in keys}
     summary: list[str] = []
-    shown: dict[str, int] = {}
+    shown = {"left": 0}
 
     def record(line: str) -> None:
-        # Show COCO's standard 12-line summary per IoU type; faster-coco-eval's progress chatter and
-        # its two extra recall lines go to the debug log.
+        # Show COCO's standard summary per IoU type (12 lines, 10 for keypoints); faster-coco-eval's
+        # progress chatter and its extra recall lines go to the debug log.
         if line.startswith("IoU metric:"):
-            shown["type"] = 0
-        elif line.lstrip().startswith("Average") and shown.get("type", 12) < 12:
-            shown["type"] += 1
+            shown["left"] = len(stat_names(line.split(":", 1)[1].strip()))
+        elif line.lstrip().startswith("Average") and shown["left"] > 0:
+            shown["left"] -= 1
         else:
             logger.debug("%s", line)
             return
         summary.append(line)
         logger.info("%s", line)
 
-    iou_types = ("bbox", "segm") if has_masks(model) else ("bbox",)
+    iou_types = iou_types_for(model, output_keys, gt)
     metrics = score(gt, results, iou_types, print_fn=record)
     return EvalReport(metrics=metrics, summary=summary, num_images=len(dataset), num_detections=len(results))
 

@@ -27,12 +27,15 @@ def weights_enum(model_name: str) -> type[WeightsEnum]:
     return get_model_weights(model_name)
 
 
-def resolve_weights(model_name: str, spec: str | None, *, must_exist: bool = True) -> WeightsEnum | Path | None:
+def resolve_weights(
+    model_name: str, spec: str | None, *, must_exist: bool = True, option: str = "--weights"
+) -> WeightsEnum | Path | None:
     """Turn ``--weights`` into a torchvision weights entry, a local file, or ``None`` (random init).
 
     ``spec`` is ``DEFAULT``, an entry name such as ``COCO_V1``, ``none``, or a path to a file.
     ``must_exist=False`` accepts a path that is not there (only the architecture it implies is
-    wanted, e.g. to rebuild a checkpoint trained from that file on another machine).
+    wanted, e.g. to rebuild a checkpoint trained from that file on another machine). ``option``
+    names the flag in error messages.
     """
     if spec is None or spec in NO_WEIGHTS:
         return None
@@ -44,9 +47,24 @@ def resolve_weights(model_name: str, spec: str | None, *, must_exist: bool = Tru
     if path.is_file() or not must_exist:
         return path
     raise WeightsError(
-        f"--weights '{spec}' is neither a weights name for {model_name} (DEFAULT, {', '.join(names)}, none) "
+        f"{option} '{spec}' is neither a weights name for {model_name} (DEFAULT, {', '.join(names)}, none) "
         f"nor an existing file"
     )
+
+
+def resolve_backbone_weights(
+    backbone_name: str, spec: str | None, *, must_exist: bool = True
+) -> WeightsEnum | Path | None:
+    """Turn ``--weights-backbone`` into a classification model's weights entry, a local file, or ``None``.
+
+    ``DEFAULT`` here means ``IMAGENET1K_V1`` where the backbone has it: the entry torchvision's
+    detection builders and reference recipes start from (and that its legacy
+    ``pretrained_backbone=True`` meant), not the classification enum's own DEFAULT, which for
+    ResNet-50 and MobileNetV3 is a V2 recipe tuned for ImageNet accuracy.
+    """
+    if spec == "DEFAULT" and "IMAGENET1K_V1" in weights_enum(backbone_name).__members__:
+        spec = "IMAGENET1K_V1"
+    return resolve_weights(backbone_name, spec, must_exist=must_exist, option="--weights-backbone")
 
 
 def official_entry(model_name: str, weights: WeightsEnum | Path | None) -> WeightsEnum | None:
@@ -84,7 +102,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_pretrained(weights: WeightsEnum, *, progress: bool = True) -> dict[str, Any]:
+def load_pretrained(weights: WeightsEnum, *, progress: bool = True, option: str = "--weights") -> dict[str, Any]:
     """The state dict of a torchvision weights entry, from the hub cache or downloaded into it.
 
     Raises:
@@ -103,9 +121,17 @@ def load_pretrained(weights: WeightsEnum, *, progress: bool = True) -> dict[str,
         raise WeightsError(
             f"could not download {weights} from {weights.url} ({reason}). "
             f"Without network: download that file elsewhere and place it at {cached} "
-            f"(the hub cache; set TORCH_HOME to move it), or pass --weights /path/to/file.pth; "
-            f"--weights none trains from random initialisation"
+            f"(the hub cache; set TORCH_HOME to move it), or pass {option} /path/to/file.pth; "
+            f"{option} none goes without them"
+            + (" (with --weights none: from random initialisation)" if option == "--weights-backbone" else "")
         ) from None
+
+
+def load_weights(weights: WeightsEnum | Path, *, progress: bool = True, option: str = "--weights") -> dict[str, Any]:
+    """The state dict of a resolved ``--weights`` / ``--weights-backbone`` (``option``, named in errors)."""
+    if isinstance(weights, WeightsEnum):
+        return load_pretrained(weights, progress=progress, option=option)
+    return load_state_dict_file(weights)
 
 
 def weights_available(weights: WeightsEnum) -> bool:

@@ -1,4 +1,4 @@
-"""Owns running a trained model on images: a checkpoint in, boxes / masks / class names out."""
+"""Owns running a trained model on images: a checkpoint in, boxes / masks / keypoints / class names out."""
 
 from __future__ import annotations
 
@@ -30,7 +30,10 @@ class Prediction:
     """One image's detections above the score threshold.
 
     ``boxes`` float32[N, 4] XYXY in pixels of the input image; ``scores`` float32[N]; ``labels``
-    int64[N] (1-based); ``masks`` bool[N, H, W] or None for box-only models; ``names`` class names.
+    int64[N] (1-based); ``masks`` bool[N, H, W] or None for box-only models; ``names`` class names;
+    ``keypoints`` float32[N, K, 3] (x, y, visibility; torchvision's models give visibility 1) and
+    ``keypoint_scores`` float32[N, K] (the heat-map maxima, not probabilities) for keypoint models,
+    else None; ``skeleton`` 0-based keypoint pairs to join when drawing, or None.
     """
 
     image: torch.Tensor  # uint8[3, H, W], as given
@@ -40,20 +43,27 @@ class Prediction:
     masks: torch.Tensor | None
     names: list[str]
     raw: dict[str, torch.Tensor]  # the model's output before thresholds (soft masks included)
+    keypoints: torch.Tensor | None = None
+    keypoint_scores: torch.Tensor | None = None
+    skeleton: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
 
     def draw(self) -> torch.Tensor:
-        """The image with masks, boxes, class names and scores drawn over it (uint8[3, H, W])."""
+        """The image with masks, boxes, keypoints, class names and scores drawn over it (uint8[3, H, W])."""
         captions = [f"{n} {s:.2f}" for n, s in zip(self.names, self.scores.tolist())]
-        return draw(self.image, self.boxes, captions, self.masks)
+        return draw(self.image, self.boxes, captions, self.masks, keypoints=self.keypoints, skeleton=self.skeleton)
 
     def to_coco(self, image_id: int, mask_threshold: float = 0.5) -> list[dict[str, Any]]:
-        """COCO results entries (bbox XYWH, score, category_id, RLE segmentation)."""
+        """COCO results entries (bbox XYWH, score, category_id, RLE segmentation, keypoints)."""
         keep = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
         if self.masks is not None:
             keep["masks"] = self.masks[:, None].float()
+        if self.keypoints is not None:
+            keep["keypoints"] = self.keypoints
+        if self.keypoint_scores is not None:
+            keep["keypoints_scores"] = self.keypoint_scores
         return detections(image_id, keep, mask_threshold=mask_threshold)
 
 
@@ -81,7 +91,8 @@ class Predictor:
 
     def __init__(self, model: nn.Module, classes: list[str], *, device: torch.device | str = "cpu",
                  score_threshold: float = 0.5, mask_threshold: float = 0.5,
-                 category_ids: list[int] | None = None) -> None:
+                 category_ids: list[int] | None = None, keypoint_names: list[str] | None = None,
+                 skeleton: list[list[int]] | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.classes = list(classes)
@@ -89,6 +100,11 @@ class Predictor:
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(self.classes) + 1))
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
+        self.keypoint_names = list(keypoint_names) if keypoint_names else None
+        # The checkpoint keeps COCO's 1-based skeleton pairs; drawing wants 0-based indices.
+        k = len(self.keypoint_names) if self.keypoint_names else None
+        pairs = [(int(a) - 1, int(b) - 1) for a, b in skeleton or []]
+        self.skeleton = [(a, b) for a, b in pairs if k is None or (0 <= a < k and 0 <= b < k)] or None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5) -> Predictor:
@@ -96,7 +112,8 @@ class Predictor:
         ckpt = load_checkpoint(path)
         model, cfg = model_from_checkpoint(ckpt)
         return cls(model, ckpt["classes"], device=resolve_device(device), score_threshold=score_threshold,
-                   mask_threshold=cfg.eval.mask_threshold, category_ids=ckpt.get("category_ids"))
+                   mask_threshold=cfg.eval.mask_threshold, category_ids=ckpt.get("category_ids"),
+                   keypoint_names=ckpt.get("keypoint_names"), skeleton=ckpt.get("skeleton"))
 
     def name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class{label}"
@@ -122,6 +139,9 @@ class Predictor:
             preds.append(Prediction(
                 image=tensor, boxes=out["boxes"][keep], scores=out["scores"][keep], labels=labels, masks=masks,
                 names=[self.name(int(k)) for k in labels], raw=out,
+                keypoints=out["keypoints"][keep] if "keypoints" in out else None,
+                keypoint_scores=out["keypoints_scores"][keep] if "keypoints_scores" in out else None,
+                skeleton=self.skeleton,
             ))
         return preds
 

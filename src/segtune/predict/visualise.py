@@ -1,4 +1,4 @@
-"""Owns drawing predictions: masks, boxes, class names and scores over the image (torchvision.utils)."""
+"""Owns drawing predictions: masks, boxes, keypoints, class names and scores over the image (torchvision.utils)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import torch
 from PIL import Image
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torchvision.utils import draw_bounding_boxes, draw_keypoints, draw_segmentation_masks
 
 from segtune.fileio import atomic_write
 
@@ -19,15 +19,32 @@ PALETTE = [
 
 def draw(
     image: torch.Tensor, boxes: torch.Tensor, labels: list[str], masks: torch.Tensor | None = None,
-    *, alpha: float = 0.45, width: int = 2,
+    *, keypoints: torch.Tensor | None = None, skeleton: list[tuple[int, int]] | None = None,
+    alpha: float = 0.45, width: int = 2, radius: int = 3,
 ) -> torch.Tensor:
-    """Draw instances on ``image`` (uint8[3, H, W]); ``masks`` bool[N, H, W]. Returns uint8[3, H, W]."""
+    """Draw instances on ``image`` (uint8[3, H, W]) in the palette's colours, one colour per instance.
+
+    Args:
+        boxes: float[N, 4] XYXY pixels; ``labels`` one caption each.
+        masks: bool[N, H, W], or None.
+        keypoints: float[N, K, 3] (x, y, visibility) in pixels, or None; points with visibility 0
+            (unlabelled) are not drawn, nor the skeleton lines that touch them.
+        skeleton: 0-based keypoint index pairs joined by lines (COCO's 1-based ``skeleton`` minus 1).
+
+    Returns:
+        uint8[3, H, W].
+    """
     colors = [PALETTE[i % len(PALETTE)] for i in range(len(boxes))]
     out = image
     if masks is not None and len(masks):
         out = draw_segmentation_masks(out, masks.bool(), alpha=alpha, colors=colors)
     if len(boxes):
         out = draw_bounding_boxes(out, boxes, labels=labels, colors=colors, width=width)
+    if keypoints is not None:
+        # One call per instance so each person's points and skeleton take its box's colour.
+        for points, color in zip(keypoints, colors):
+            out = draw_keypoints(out, points[None, :, :2], connectivity=skeleton or None, colors=color,
+                                 radius=radius, width=width, visibility=points[None, :, 2] > 0)
     return out
 
 

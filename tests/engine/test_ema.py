@@ -1,0 +1,101 @@
+"""The EMA of weights: the closed-form average, the decay ramp, buffers, DDP unwrapping and resume."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from segtune.engine.ema import ModelEMA
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+        self.bn = torch.nn.BatchNorm1d(1)
+
+
+def _set(model: _Net, value: float, tracked: int = 0) -> None:
+    """Every weight, bias and running mean of ``model`` to ``value``; the BatchNorm counter to ``tracked``."""
+    with torch.no_grad():
+        for t in [*model.parameters(), model.bn.running_mean]:
+            t.fill_(value)
+        model.bn.num_batches_tracked.fill_(tracked)
+
+
+def test_fixed_decay_matches_the_closed_form() -> None:
+    d, weights = 0.9, [1.0, 3.0, -2.0, 5.0, 0.5]
+    model = _Net()
+    ema = ModelEMA(model, decay=d, tau=None)
+    for k, w in enumerate(weights):
+        _set(model, w, tracked=k + 1)
+        ema.update(model)
+    # ema_k = d^(k-1) w_1 + (1 - d) * sum_{j>=2} d^(k-j) w_j : the first update copies the model.
+    k = len(weights)
+    expected = d ** (k - 1) * weights[0] + (1 - d) * sum(d ** (k - j) * w for j, w in enumerate(weights, 1) if j >= 2)
+    avg = ema.module
+    assert avg.lin.weight.detach() == pytest.approx(torch.full((1, 2), expected))
+    assert float(avg.lin.bias) == pytest.approx(expected)
+    assert float(avg.bn.weight) == pytest.approx(expected)
+    assert float(avg.bn.running_mean) == pytest.approx(expected)  # buffers are averaged too
+    assert int(avg.bn.num_batches_tracked) == k  # counters follow the model
+    assert float(model.lin.bias.detach()) == weights[-1]  # the trained model is untouched
+    assert not any(p.requires_grad for p in avg.parameters()) and not avg.training
+
+
+def test_ramp_follows_the_model_early() -> None:
+    model = _Net()
+    ema = ModelEMA(model, decay=0.9998, tau=2000.0)
+    value = 0.0
+    for n, w in enumerate([2.0, 4.0, 8.0]):
+        _set(model, w)
+        ema.update(model)
+        d = 0.9998 * (1 - math.exp(-n / 2000.0))
+        value = w if n == 0 else d * value + (1 - d) * w
+    assert float(ema.module.lin.bias) == pytest.approx(value)
+    assert value > 7.9  # close to the last weights, where a fixed 0.9998 would still be near 2
+    assert ema.decay_at(100000) == pytest.approx(0.9998)
+
+
+def test_ddp_wrapper_is_unwrapped() -> None:
+    model = _Net()
+    ema = ModelEMA(torch.nn.DataParallel(model), decay=0.5, tau=None)
+    _set(model, 1.0)
+    ema.update(torch.nn.DataParallel(model))
+    _set(model, 3.0)
+    ema.update(model)
+    assert float(ema.module.lin.bias) == pytest.approx(2.0)
+    assert set(ema.module.state_dict()) == set(model.state_dict())  # loadable into the bare model
+
+
+def test_state_dict_round_trip_continues_exactly() -> None:
+    weights = [1.0, 2.0, 4.0, 8.0, 16.0]
+    straight_model, resumed_model = _Net(), _Net()
+    straight = ModelEMA(straight_model, decay=0.8, tau=3.0)
+    for w in weights:
+        _set(straight_model, w)
+        straight.update(straight_model)
+
+    first = ModelEMA(resumed_model, decay=0.8, tau=3.0)
+    for w in weights[:2]:
+        _set(resumed_model, w)
+        first.update(resumed_model)
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    second = ModelEMA(_Net(), decay=0.8, tau=3.0)
+    second.load_state_dict(torch.load(buf, weights_only=True))
+    assert second.updates == 2
+    for w in weights[2:]:
+        _set(resumed_model, w)
+        second.update(resumed_model)
+    assert float(second.module.lin.bias) == pytest.approx(float(straight.module.lin.bias))
+    assert float(second.module.lin.bias) != pytest.approx(16.0)
+
+
+def test_bad_decay_is_refused() -> None:
+    with pytest.raises(ValueError, match="decay"):
+        ModelEMA(_Net(), decay=1.5)

@@ -1,0 +1,130 @@
+"""The training engine driven as a user drives it: exact resume, stops, seeds, hooks, optimisers, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from segtune.cli.main import main
+from segtune.engine import configure, train
+from segtune.engine.hooks import CallbackHook
+from tests.conftest import TINY_MODEL, make_mask_folder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mask_folder(tmp_path_factory.mktemp("engine") / "data", n=6)
+
+
+def settings(data: Path, out: Path, **extra) -> dict:
+    return {"data.path": str(data), "train.out": str(out), "train.epochs": 2, "train.max_iters_per_epoch": 3,
+            "data.test_size": 2, "train.batch_size": 1, "train.print_freq": 1, "train.tensorboard": False,
+            **TINY_MODEL, **extra}
+
+
+def weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
+    return torch.load(run / "weights" / name, map_location="cpu", weights_only=True)["model"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(data: Path, tmp_path: Path) -> None:
+    whole = train(configure(("test", settings(data, tmp_path / "whole"))))
+    assert [r["epoch"] for r in whole.history] == [0, 1]
+
+    # Stop after 4 of the 6 optimiser steps (epoch 1, iteration 1), the way Ctrl-C does.
+    stopper = CallbackHook({"after_step": lambda trainer, step, losses: setattr(trainer, "stop_training", step == 4)})
+    part = train(configure(("test", settings(data, tmp_path / "part"))), hooks=[stopper])
+    assert [r["epoch"] for r in part.history] == [0]
+    state = torch.load(part.run_dir / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["iteration"], state["step"]) == (1, 1, 4)
+
+    resumed = train(configure(("test", settings(data, tmp_path / "part", **{"train.resume": str(part.run_dir)}))))
+    assert resumed.run_dir == part.run_dir
+    assert [r["epoch"] for r in resumed.history] == [0, 1]
+    a, b = weights(whole.run_dir), weights(part.run_dir)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run's"
+    assert resumed.history[1]["metrics"] == whole.history[1]["metrics"]
+
+
+def test_same_seed_gives_identical_losses_and_another_seed_does_not(data: Path, tmp_path: Path) -> None:
+    runs = [train(configure(("test", settings(data, tmp_path / f"r{i}", **{"train.epochs": 1, "train.seed": s}))))
+            for i, s in enumerate((3, 3, 4))]
+    losses = [r.history[0]["train"]["loss"] for r in runs]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+
+
+def test_sigint_writes_last_pt_and_exits_with_a_resume_hint(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--max-iters-per-epoch", "200",
+            "--batch-size", "1", "--test-size", "2", "--print-freq", "1", "--tensorboard", "false",
+            *[f"{k}={v}" for k, v in TINY_MODEL.items()]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "segtune", *args], stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    deadline = time.time() + 120
+    for line in proc.stderr:  # wait until training is really stepping
+        lines.append(line)
+        if "Epoch: [0]  [" in line and "/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out
+    assert "resume with  segtune train --resume" in out
+    state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 0 and 1 <= state["iteration"] < 200
+    # `--resume RUN` alone takes the run's config; --max-iters-per-epoch shortens what is left.
+    assert main(["train", "--resume", str(run), "--max-iters-per-epoch", str(state["iteration"] + 1)]) == 0
+    history = json.loads((run / "metrics.json").read_text())
+    assert [r["epoch"] for r in history] == [0]
+
+
+def test_adamw_cosine_accumulation_ema_and_outputs(data: Path, tmp_path: Path) -> None:
+    seen: list[str] = []
+    hook = CallbackHook({"before_epoch": lambda t, e: seen.append(f"epoch{e}"),
+                         "after_eval": lambda t, e, m: seen.append(f"eval{e}")})
+    result = train(configure(("test", settings(data, tmp_path / "run", **{
+        "train.optimizer": "adamw", "train.lr": 1e-4, "train.weight_decay": 0.05, "train.no_decay_norm": True,
+        "train.schedule": "cosine", "train.accumulate": 2, "train.ema": True, "train.keep_last": 1,
+        "train.tensorboard": True}))), hooks=[hook])
+    run = result.run_dir
+    assert seen == ["epoch0", "eval0", "epoch1", "eval1"]
+    assert result.history[-1]["step"] == 4  # 2 epochs x ceil(3 batches / 2)
+    assert set(result.history[-1]["ema"]) == {"bbox", "segm"}
+    names = sorted(p.name for p in (run / "weights").iterdir())
+    assert names == ["best.pt", "ema.pt", "epoch-1.pt", "last.pt"]
+    assert (run / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((run / "tb").iterdir())
+    state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.05
+    assert state["optimizer"]["param_groups"][1]["weight_decay"] == 0.0
+    # The EMA checkpoint is a normal checkpoint: evaluate takes it.
+    assert main(["evaluate", str(run / "weights" / "ema.pt")]) == 0
+
+
+def test_early_stopping_ends_the_run(data: Path, tmp_path: Path) -> None:
+    result = train(configure(("test", settings(data, tmp_path / "run", **{
+        "train.epochs": 6, "train.max_iters_per_epoch": 1, "train.early_stop_patience": 1,
+        "train.early_stop_metric": "bbox/AR100", "train.lr": 1e-12}))))
+    assert 2 <= len(result.history) < 6
+
+
+def test_bf16_autocast_on_cpu_trains(data: Path, tmp_path: Path) -> None:
+    result = train(configure(("test", settings(data, tmp_path / "run", **{"train.amp": "bf16", "train.epochs": 1}))))
+    assert torch.isfinite(torch.tensor(result.history[0]["train"]["loss"]))
+
+
+def test_fp16_on_cpu_is_a_clear_error(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--amp", "fp16", "--device", "cpu",
+                 *[f"{k}={v}" for k, v in TINY_MODEL.items()]]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
