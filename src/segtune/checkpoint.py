@@ -1,9 +1,12 @@
 """Owns segtune's checkpoint format: a plain dict of tensors and plain values, saved atomically.
 
 Layout (``format_version`` 1): ``format_version``, ``segtune_version``, ``model`` (state dict),
-``optimizer``, ``scheduler``, ``epoch`` (epochs completed), ``step`` (iterations done), ``classes``
-(names, background excluded), ``config`` (the resolved config as a plain dict), ``split`` (train and
-test file names), ``metrics`` (the last evaluation). Loading uses ``torch.load(weights_only=True)``.
+``epoch`` (the epoch to go on with), ``step`` (optimiser steps done), ``classes`` (names, background
+excluded), ``category_ids`` (the data set's own class ids), ``config`` (the resolved config as a plain
+dict), ``split`` (train and test file names), ``metrics`` (the last evaluation); keypoint models add
+``num_keypoints``, ``keypoint_names``, ``skeleton``. ``last.pt`` also holds what resuming needs:
+``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration`` (batches done in ``epoch``), ``rng``
+(every RNG state, as tensors) and ``history``. Loading uses ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations

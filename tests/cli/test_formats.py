@@ -97,6 +97,10 @@ def test_train_detects_the_format_and_takes_its_classes(tmp_path: Path, fmt: str
     assert f"({fmt} format): 5 images, 6 instances" in log
     history = json.loads((run / "metrics.json").read_text())
     assert set(history[0]["metrics"]) == {"bbox", "segm"}
+    # Several classes: AP per class in the metrics, the CSV and the log.
+    assert set(history[0]["per_class"]["segm"]) == {"cat", "dog"}
+    assert "segm/AP/dog" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert "per-class segm AP: cat" in log
     # The same data named explicitly with --format trains too.
     assert _train(data, tmp_path / "run2", "--format", fmt) == 0
 

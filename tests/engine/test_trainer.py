@@ -78,3 +78,19 @@ def test_a_hook_stop_mid_epoch_keeps_the_exact_position(stub_run, tmp_path: Path
     state = torch.load(tmp_path / "run" / "weights" / "last.pt", map_location="cpu", weights_only=True)
     assert (state["epoch"], state["iteration"], state["step"]) == (0, 2, 2)
     assert {"optimizer", "scheduler", "scaler", "rng", "history"} <= set(state)
+
+
+def test_best_epoch_breaks_ties_below_1e4_by_bbox_ap() -> None:
+    from segtune.config import Config
+    from segtune.engine.trainer import Trainer
+
+    def record(segm: float, bbox: float) -> dict:
+        return {"metrics": {"bbox": {"AP": bbox}, "segm": {"AP": segm}}}
+
+    trainer = Trainer(Config())
+    trainer.history = [record(0.00002, 0.002), record(0.00001, 0.036)]  # both segm AP "0.0000"
+    assert trainer._best_index() == 1
+    trainer.history = [record(0.30, 0.40), record(0.25, 0.50)]
+    assert trainer._best_index() == 0
+    trainer.history = [record(0.1, 0.2), record(0.1, 0.2)]
+    assert trainer._best_index() == 1  # a full tie: the later epoch

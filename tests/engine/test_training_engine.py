@@ -57,7 +57,8 @@ def test_interrupted_run_resumes_to_the_same_weights_bit_for_bit(data: Path, tmp
 
 
 def test_same_seed_gives_identical_losses_and_another_seed_does_not(data: Path, tmp_path: Path) -> None:
-    runs = [train(configure(("test", settings(data, tmp_path / f"r{i}", **{"train.epochs": 1, "train.seed": s}))))
+    runs = [train(configure(("test", settings(data, tmp_path / f"r{i}", **{"train.epochs": 1, "train.seed": s,
+                                                                        "train.deterministic": True}))))
             for i, s in enumerate((3, 3, 4))]
     losses = [r.history[0]["train"]["loss"] for r in runs]
     assert losses[0] == losses[1] and losses[0] != losses[2]
@@ -128,3 +129,18 @@ def test_fp16_on_cpu_is_a_clear_error(data: Path, tmp_path: Path, capsys: pytest
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--amp", "fp16", "--device", "cpu",
                  *[f"{k}={v}" for k, v in TINY_MODEL.items()]]) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
+
+
+def test_resume_latest_finds_the_newest_run(tmp_path: Path) -> None:
+    from segtune.engine.state import find_resume_checkpoint
+    from segtune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no run with weights/last.pt"):
+        find_resume_checkpoint("latest", tmp_path / "runs" / "train")
+    for i, name in enumerate(("train", "train-2")):
+        last = tmp_path / "runs" / name / "weights" / "last.pt"
+        last.parent.mkdir(parents=True)
+        last.write_bytes(b"x")
+        os.utime(last, (1000 + i, 1000 + i))
+    assert find_resume_checkpoint("latest", tmp_path / "runs" / "train") == tmp_path / "runs" / "train-2" / "weights" / "last.pt"
+    assert find_resume_checkpoint(str(tmp_path / "runs" / "train"), "x") == tmp_path / "runs" / "train" / "weights" / "last.pt"

@@ -265,3 +265,19 @@ def test_printed_summary():
     ap_lines = [line for line in lines if line.startswith(" Average Precision")]
     assert len(ap_lines) == 12  # 6 AP lines per IoU type
     assert ap_lines[0].rstrip().endswith("= 1.000")
+
+
+def test_per_class_ap_averages_to_the_summary_ap() -> None:
+    """Two classes: class 'a' found exactly, class 'b' missed; per-class AP 1 and 0, summary AP 0.5."""
+    from segtune.evaluation.coco_eval import score
+
+    gt = {"images": [{"id": 1, "width": 20, "height": 20, "file_name": "x.png"}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0},
+              {"id": 2, "image_id": 1, "category_id": 2, "bbox": [10, 10, 6, 6], "area": 36, "iscrowd": 0}],
+          "categories": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]}
+    per_class: dict = {}
+    metrics = score(gt, [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 8, 8], "score": 0.9}], ("bbox",),
+                    print_fn=lambda line: None, per_class=per_class)
+    assert per_class == {"bbox": {"a": 1.0, "b": 0.0}}
+    assert metrics["bbox"]["AP"] == pytest.approx(0.5)

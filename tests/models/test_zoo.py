@@ -188,7 +188,7 @@ def test_group_norm_from_scratch():
 
 @pytest.mark.parametrize("layers", [-1, 6])
 def test_trainable_layers_out_of_range(layers):
-    with pytest.raises(ConfigError, match="model.trainable_backbone_layers must be 0-5"):
+    with pytest.raises(ConfigError, match="model.trainable_backbone_layers must be between 0 and 5"):
         build_model("fcos_resnet50_fpn", num_classes=2, weights="DEFAULT", load_weights=False,
                     trainable_backbone_layers=layers)
 

@@ -10,7 +10,7 @@ from segtune.fileio import write_json
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("evaluate", help="COCO bbox + segm AP of a checkpoint",
+    p = sub.add_parser("evaluate", help="COCO AP of a checkpoint (bbox, and segm / keypoints)",
                        description="Evaluate a checkpoint on the test split saved with its run.")
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
     p.add_argument("--data", help="data set folder, if not the one the checkpoint was trained on")

@@ -45,6 +45,12 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     row.update({f"train/{k}": v for k, v in record["train"].items()})
     for iou_type, stats in record["metrics"].items():
         row.update({f"{iou_type}/{k}": v for k, v in stats.items()})
+    per_class = record.get("per_class", {})
+    if any(len(aps) > 1 for aps in per_class.values()):
+        for iou_type, aps in per_class.items():
+            row.update({f"{iou_type}/AP/{name}": v for name, v in aps.items()})
+    if "eval_time_s" in record:
+        row["eval_time_s"] = record["eval_time_s"]
     return row
 
 

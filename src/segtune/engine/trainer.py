@@ -217,7 +217,7 @@ class Trainer:
         start = time.perf_counter()
         metrics, detections = self._evaluate(self.model)
         record = {"epoch": epoch, "step": self.step, "lr": lr, "train": losses, "metrics": metrics,
-                  "eval_time_s": time.perf_counter() - start, "detections": detections}
+                  "per_class": self.per_class, "eval_time_s": time.perf_counter() - start, "detections": detections}
         if self.ema is not None:
             record["ema"], _ = self._evaluate(self.ema.module)
         self.hooks.after_eval(self, epoch, metrics)
@@ -298,6 +298,7 @@ class Trainer:
             model, self.test_ds, cfg.data.classes, device=self.device, batch_size=cfg.eval.batch_size,
             workers=self.workers, mask_threshold=cfg.eval.mask_threshold, gt=self.gt,
             shard=(self.dist.rank, self.dist.world_size), gather=dist.all_gather_objects)
+        self.per_class = report.per_class
         return report.metrics, report.num_detections
 
     # --- checkpoints ----------------------------------------------------------------------------
@@ -327,11 +328,9 @@ class Trainer:
         if self.ema is not None:
             save_checkpoint(weights / "ema.pt", {**state, "model": self.ema.module.state_dict(),
                                                  "metrics": record["ema"]})
-        metric = self.cfg.train.early_stop_metric
-        scores = [select_metric(r["metrics"], metric)[1] for r in self.history]
-        if scores[-1] >= max(scores):
+        best = self._best_index()
+        if best == len(self.history) - 1:
             save_checkpoint(weights / "best.pt", state)
-        best = max(range(len(scores)), key=scores.__getitem__)
         logger.info("epoch %d: %s  (best epoch %d)", record["epoch"],
                     "  ".join(f"{t} AP {m['AP']:.4f}" for t, m in record["metrics"].items()), self.history[best]["epoch"])
 
@@ -350,10 +349,22 @@ class Trainer:
     def result(self) -> TrainResult:
         if not self.history:
             return TrainResult(run_dir=self.run_dir, best_epoch=-1, best_metrics={}, history=[])
-        scores = [select_metric(r["metrics"], self.cfg.train.early_stop_metric)[1] for r in self.history]
-        best = max(range(len(scores)), key=scores.__getitem__)
+        best = self._best_index()
         return TrainResult(run_dir=self.run_dir, best_epoch=self.history[best]["epoch"],
                            best_metrics=self.history[best]["metrics"], history=list(self.history))
+
+    def _best_index(self) -> int:
+        """The epoch record ``best.pt`` holds: highest metric; on a tie, higher bbox AP, then the later epoch.
+
+        Differences below 1e-4 AP count as ties: they are noise, and early in a run from scratch segm
+        AP is 0.0000x for every epoch while bbox AP already moves.
+        """
+        def key(i: int) -> tuple[float, float, int]:
+            metrics = self.history[i]["metrics"]
+            return (round(select_metric(metrics, self.cfg.train.early_stop_metric)[1], 4),
+                    round(metrics["bbox"]["AP"], 4), i)
+
+        return max(range(len(self.history)), key=key)
 
     # --- around the loop ------------------------------------------------------------------------
 
@@ -428,7 +439,7 @@ def _log_setting_notes(cfg: Config, device: torch.device) -> None:
     """Say plainly what this run could not use (pretrained weights, a GPU) and what that means."""
     if cfg.model.weights in ("none", "None", "") and cfg.model.weights_backbone in ("none", "None", ""):
         logger.warning(
-            "NOTE: training from random initialisation (no pretrained weights). Mask R-CNN needs many "
+            "NOTE: training from random initialisation (no pretrained weights). A detector needs many "
             "epochs to learn from scratch: expect AP near 0 after a short run. With COCO weights "
             "(--weights DEFAULT, needs network once or the file in the torch hub cache) the tutorial "
             "recipe reaches about 0.8 bbox AP on Penn-Fudan."

@@ -144,6 +144,7 @@ def score(
     *,
     print_fn: Callable[[str], None] | None = None,
     kpt_sigmas: Sequence[float] | None = None,
+    per_class: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Score ``results`` against ``gt`` with faster-coco-eval; return COCO's summary per IoU type.
 
@@ -154,6 +155,8 @@ def score(
     Args:
         kpt_sigmas: per-keypoint OKS sigmas; default COCO's for 17 keypoints, else
             :data:`UNIFORM_KEYPOINT_SIGMA` for each (see there why).
+        per_class: if given, filled with ``{iou_type: {category name: AP}}`` (AP at IoU 0.50:0.95,
+            all areas, 100 detections; -1 for a class with no ground truth).
     """
     print_fn = print_fn or logger.info
     coco_gt = COCO(copy.deepcopy(gt))  # faster-coco-eval adds fields to the annotations it is given
@@ -175,4 +178,22 @@ def score(
         evaluator.summarize()
         names = stat_names(iou_type)
         out[iou_type] = {name: float(v) for name, v in zip(names, evaluator.stats[:len(names)])}
+        if per_class is not None:
+            per_class[iou_type] = _per_class_ap(evaluator, gt)
+    return out
+
+
+def _per_class_ap(evaluator: Any, gt: dict[str, Any]) -> dict[str, float]:
+    """AP per category from the accumulated precision table (COCO's summary averages these).
+
+    ``eval["precision"]`` is [IoU thresholds, recall points, categories, area ranges, max dets];
+    area range 0 is "all" and the last max-dets entry is 100. -1 marks "no ground truth".
+    """
+    precision = evaluator.eval["precision"]
+    names = {c["id"]: c["name"] for c in gt["categories"]}
+    out = {}
+    for k, cat_id in enumerate(evaluator.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        out[names[int(cat_id)]] = float(values.mean()) if values.size else -1.0
     return out

@@ -28,6 +28,8 @@ class EvalReport:
     summary: list[str] = field(default_factory=list)
     num_images: int = 0
     num_detections: int = 0
+    #: ``{iou_type: {class name: AP}}``
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def primary(self) -> float:
         """The AP that ranks checkpoints: see :func:`primary_metric`."""
@@ -148,8 +150,15 @@ def evaluate_model(
         logger.info("%s", line)
 
     iou_types = iou_types_for(model, output_keys, gt)
-    metrics = score(gt, results, iou_types, print_fn=record)
-    return EvalReport(metrics=metrics, summary=summary, num_images=len(dataset), num_detections=len(results))
+    per_class: dict[str, dict[str, float]] = {}
+    metrics = score(gt, results, iou_types, print_fn=record, per_class=per_class)
+    if len(gt["categories"]) > 1:
+        for iou_type, aps in per_class.items():
+            line = f"per-class {iou_type} AP: " + ", ".join(f"{name} {ap:.3f}" for name, ap in aps.items())
+            summary.append(line)
+            logger.info("%s", line)
+    return EvalReport(metrics=metrics, summary=summary, num_images=len(dataset), num_detections=len(results),
+                      per_class=per_class)
 
 
 def evaluate_checkpoint(

@@ -21,6 +21,7 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from segtune.config import build_config, flatten
 from segtune.errors import CheckpointError, ConfigError, WeightsError
+from segtune.models.backbones import trainable_stages
 from segtune.models.heads import (
     mask_hidden_of, num_classes_of, num_keypoints_of, replace_heads, replace_keypoint_head, sizes_in_state,
 )
@@ -84,18 +85,7 @@ def _whole_model_weights(recipe: Recipe, weights: str | None, must_exist: bool) 
 
 
 def _trainable_layers(recipe: Recipe, requested: int | None, pretrained: bool) -> int:
-    top = recipe.max_trainable_layers
-    if requested is not None and not 0 <= requested <= top:
-        raise ConfigError(f"model.trainable_backbone_layers must be 0-{top} for {recipe.backbone_name}, "
-                          f"got {requested}")
-    if not pretrained:
-        if requested not in (None, top):
-            # Freezing randomly initialised stages would only stop them from learning (torchvision
-            # ignores the value the same way).
-            logger.warning("model.trainable_backbone_layers=%d ignored: without pretrained weights all %d "
-                           "backbone stages train", requested, top)
-        return top
-    return 3 if requested is None else requested
+    return trainable_stages(requested, recipe.max_trainable_layers, pretrained=pretrained, name=recipe.backbone_name)
 
 
 def _load(model: nn.Module, state: dict[str, torch.Tensor], what: str, target: str) -> None:
