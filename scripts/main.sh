@@ -2,7 +2,7 @@
 # The main job: set up, then train + evaluate + predict on Penn-Fudan.
 # Data: $1, else $SEGTUNE_DATA, else ../shared/data/PennFudanPed.
 # Preset 'auto' runs the tutorial recipe when a GPU or the COCO weights are at hand, and a short
-# CPU schedule from random initialisation (about 10 minutes on 2 cores) when neither is.
+# CPU schedule from random initialisation (about 9 minutes on 2 cores) when neither is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
