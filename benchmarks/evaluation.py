@@ -20,15 +20,14 @@ import argparse
 import contextlib
 import copy
 import io
-import json
-import platform
 import time
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from common import DATA, write_result
 import torch.nn.functional as F
 from faster_coco_eval.core import mask as mask_utils
 
@@ -37,7 +36,7 @@ from segtune.data import build_dataset, make_split, open_dataset
 from segtune.evaluation import dataset_ground_truth
 from segtune.evaluation.coco_eval import STAT_NAMES, score
 
-OUT = Path(__file__).parent / "results" / "evaluation.json"
+NAME = "evaluation.json"
 IOU_TYPES = ("bbox", "segm")
 
 
@@ -195,7 +194,7 @@ def compare(name: str, gt: dict[str, Any], results: list[dict[str, Any]], repeat
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/PennFudanPed")
+    parser.add_argument("--data", default=DATA)
     parser.add_argument("--synthetic", type=int, default=5000, help="number of synthetic 64x64 images")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each library per set (the best counts)")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,12 +205,9 @@ def main() -> None:
     if args.synthetic:
         rows.append(compare(f"synthetic {args.synthetic} x 64x64", *synthetic(args.synthetic, args.seed),
                             args.repeat))
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"python {platform.python_version()}",
-              "faster_coco_eval": version("faster-coco-eval"), "pycocotools": version("pycocotools"),
+    result = {"faster_coco_eval": version("faster-coco-eval"), "pycocotools": version("pycocotools"),
               "iou_types": list(IOU_TYPES), "repeat": args.repeat, "rows": rows}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
+    OUT = write_result(NAME, result)
     print("\n| data | images | GT / detections | faster-coco-eval (s) | pycocotools (s) | speed-up | max stat diff |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -12,19 +12,18 @@ benchmarks/results/models_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
+
+from common import DATA, write_result
 
 from segtune.cli.models import describe
 from segtune.config import DataConfig, ModelConfig
 from segtune.data import build_dataset, collate
 from segtune.models import MODELS, build_from_config
 
-OUT = Path(__file__).parent / "results" / "models_cpu.json"
+NAME = "models_cpu.json"
 
 
 def batches(data: str, n: int) -> list:
@@ -70,7 +69,7 @@ def measure(name: str, data: list, *, min_size: int, iters: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/PennFudanPed")
+    parser.add_argument("--data", default=DATA)
     parser.add_argument("--min-size", type=int, default=512)
     parser.add_argument("--iters", type=int, default=2)
     args = parser.parse_args()
@@ -83,11 +82,9 @@ def main() -> None:
         rows.append({"model": name, "task": info["task"], "parameters": info.get("parameters"),
                      "coco": default["metrics"] if default else {}, "s_per_iter": s_per_iter})
         print(f"{name}: {s_per_iter:.2f} s/it", flush=True)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}", "min_size": args.min_size, "batch": 2,
+    result = {"min_size": args.min_size, "batch": 2,
               "iters": args.iters, "rows": rows}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2))
+    OUT = write_result(NAME, result)
     print(f"\n| model | task | params (M) | COCO AP (box / mask / kp) | CPU s/iter, batch 2, {args.min_size} px |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -26,23 +26,22 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import platform
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
+
+from common import DATA, write_result
 
 from segtune.config import Config, DataConfig
 from segtune.data import build_dataset, collate
 from segtune.engine.hooks import HookList
 from segtune.engine.trainer import Trainer
-from segtune.fileio import write_json
 from segtune.models import build_model
 
-OUT = Path(__file__).parent / "results" / "train_throughput.json"
+NAME = "train_throughput.json"
 BATCH = 2
 LR, MOMENTUM, WEIGHT_DECAY = 0.005, 0.9, 5e-4
 #: The tutorial warms up over its first epoch: min(1000, len(loader) - 1) = 59 for 120 training images.
@@ -122,7 +121,7 @@ class SegtuneLoop:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/PennFudanPed")
+    parser.add_argument("--data", default=DATA)
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--iters", type=int, default=3, help="timed iterations of each loop (after 1 warm-up each)")
     args = parser.parse_args()
@@ -165,8 +164,7 @@ def main() -> None:
     # the per-iteration ratios are the fairest; CPU time is less disturbed by other processes.
     median_pairwise = statistics.median(p / s for p, s in zip(times["plain"], times["segtune"]))
     cpu_ratio = sum(cpu["plain"]) / sum(cpu["segtune"])
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                         f"torch {torch.__version__}", "device": str(device),
+    result = {"device": str(device),
               "model": "maskrcnn_resnet50_fpn (random init)", "min_size": args.min_size,
               "max_size": round(args.min_size * 1333 / 800), "batch": BATCH, "iters": args.iters,
               "trainable_parameters": trainable["plain"],
@@ -174,7 +172,7 @@ def main() -> None:
               "cpu_s_per_iter": cpu, "images_per_s": rate, "segtune_over_plain": ratio,
               "segtune_over_plain_median_per_iteration": median_pairwise,
               "segtune_over_plain_cpu_time": cpu_ratio}
-    write_json(OUT, result)
+    OUT = write_result(NAME, result)
     print(f"\n| loop | s/iter (batch {BATCH}, {args.min_size} px) | CPU s/iter | images/s |")
     print("|---|---|---|---|")
     for name in ("plain", "segtune"):

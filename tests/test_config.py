@@ -26,7 +26,7 @@ def test_user_settings_win_over_the_preset() -> None:
     assert cfg.model.weights == "none" and cfg.model.min_size == 320  # from the preset
 
 
-def test_auto_preset_falls_back_to_cpu_quick_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+def test_auto_preset_falls_back_to_the_cpu_recipes_offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     import urllib.error
 
@@ -40,7 +40,12 @@ def test_auto_preset_falls_back_to_cpu_quick_offline(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with caplog.at_level("WARNING", logger="segtune"):
         cfg = configure(("command line", {"train.preset": "auto"}))
-    assert cfg.train.preset == "cpu-quick"
+    assert cfg.train.preset == "cpu-scratch" and cfg.model.name == "maskrcnn" and cfg.model.backbone == "resnet18"
+    assert "preset auto -> cpu-scratch" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="segtune"):  # a model the user names keeps its name: a short schedule
+        cfg = configure(("command line", {"train.preset": "auto", "model.name": "maskrcnn_resnet50_fpn"}))
+    assert cfg.train.preset == "cpu-quick" and cfg.model.name == "maskrcnn_resnet50_fpn"
     assert "preset auto -> cpu-quick" in caplog.text
 
 

@@ -70,6 +70,15 @@ class ModelConfig:
     aspect_ratios: list[float] | None = _opt(None, "custom backbone: anchor aspect ratios (height / width)")
     roi_output_size: int = _opt(7, "custom backbone: RoIAlign output size of the box head")
     roi_sampling_ratio: int = _opt(2, "custom backbone: RoIAlign sampling ratio")
+    fpn_channels: int = _opt(256, "custom backbone: channels of every feature-pyramid level")
+    fpn_levels: int = _opt(4, "custom backbone: trunk stages feeding the pyramid, from the deep end (4: strides "
+                           "4-32; 3: strides 8-32, for objects that are not small)")
+    head_norm: str = _opt("none", "custom backbone: box/mask head normalisation: none | gn (GroupNorm, trains "
+                          "from scratch)", choices=["none", "gn"])
+    box_head_convs: int = _opt(0, "custom backbone: 3x3 convs in the box head before its FC layer (0: two FC "
+                               "layers, torchvision's)")
+    box_head_dim: int = _opt(1024, "custom backbone: width of the box head's FC layers")
+    mask_head_channels: int = _opt(256, "custom backbone: width of the mask head's four convs")
     init_head_from_coco: str | None = _opt(None, "start the new head rows from COCO classes: 'person', or "
                                            "'pedestrian=person,bike=bicycle'")
     min_size: int = _opt(800, "shorter image side after the model's resize")
@@ -86,8 +95,8 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    preset: str = _opt("tutorial", "named recipe applied under your settings: tutorial | cpu-quick | auto",
-                       choices=["tutorial", "cpu-quick", "auto"])
+    preset: str = _opt("tutorial", "named recipe applied under your settings: tutorial | cpu-quick | cpu-scratch | "
+                       "auto", choices=["tutorial", "cpu-quick", "cpu-scratch", "auto"])
     out: str = _opt("runs/train", "run folder (a new numbered one is made if it already holds a run)")
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     epochs: int = _opt(10, "training epochs")
@@ -124,6 +133,14 @@ class TrainConfig:
     augment: list[str] = _opt(["hflip"], "augmentation presets, comma-separated: hflip, multiscale, lsj, "
                               "photometric, copypaste")
     hflip_prob: float = _opt(0.5, "probability of a random horizontal flip")
+    lsj_scale: list[float] = _opt([0.1, 2.0], "lsj: range of the random scale, relative to fitting the image in "
+                                  "the model's input square")
+    repeat: int = _opt(1, "passes over the training images per epoch (small data: fewer evaluations and "
+                       "checkpoints per pass)")
+    time_limit: float | None = _opt(None, "stop training after this many minutes of training (evaluation not "
+                                    "counted); the part-epoch is evaluated and saved")
+    fit_to_time_limit: bool = _opt(False, "size the schedule to --time-limit: time the first steps, then set the "
+                                   "epochs and the cosine schedule's end to the steps that fit")
     max_iters_per_epoch: int | None = _opt(None, "stop each epoch after this many iterations (short runs)")
     seed: int = _opt(0, "seeds Python, NumPy, torch and the data-loader workers")
     resume: str | None = _opt(None, "resume a run: its folder or last.pt ('latest' = the newest run under --out's parent)")
@@ -173,6 +190,44 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.clip_grad_norm": 5.0,  # from random init the first mask losses are large; keep steps sane
         "train.lr_step": 2,
         "train.max_iters_per_epoch": 60,
+    },
+    # The recipe for "no pretrained weights and no GPU": a Mask R-CNN small enough to take thousands
+    # of steps in an hour on a 2-core CPU, with normalisation that trains from scratch. Chosen by the
+    # search recorded in benchmarks/results/recipe_search.jsonl (README "The CPU recipe").
+    "cpu-scratch": {
+        "model.name": "maskrcnn",
+        "model.backbone": "resnet18",
+        "model.weights": "none",
+        "model.weights_backbone": "none",
+        "model.norm": "gn",
+        "model.fpn_channels": 128,
+        "model.fpn_levels": 3,
+        "model.head_norm": "gn",
+        "model.box_head_convs": 2,
+        "model.box_head_dim": 512,
+        "model.mask_head_channels": 128,
+        "model.mask_hidden": 128,
+        "model.anchor_sizes": [32, 64, 128, 256],
+        "model.aspect_ratios": [1.0, 2.0, 3.0],
+        "model.min_size": 320,
+        "model.max_size": 512,
+        "model.rpn_pre_nms_top_n_train": 600,
+        "model.rpn_post_nms_top_n_train": 300,
+        "model.rpn_pre_nms_top_n_test": 300,
+        "model.rpn_post_nms_top_n_test": 150,
+        "model.box_batch_size_per_image": 64,  # the mask head runs on every positive RoI: fewer, faster steps
+        "train.batch_size": 4,
+        "train.optimizer": "adamw",
+        "train.lr": 0.001,
+        "train.weight_decay": 0.05,
+        "train.schedule": "cosine",
+        "train.warmup_iters": 100,
+        "train.clip_grad_norm": 10.0,
+        "train.amp": "bf16",  # 1.4x the steps per minute on CPUs with AVX-512 BF16; plain autocast elsewhere
+        "train.repeat": 10,
+        "train.epochs": 100,  # an upper bound: the schedule is fitted to the time limit
+        "train.time_limit": 60,
+        "train.fit_to_time_limit": True,
     },
 }
 
@@ -317,6 +372,12 @@ def validate(cfg: Config) -> None:
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.repeat >= 1, "train.repeat must be at least 1"),
+        (len(cfg.train.lsj_scale) == 2 and 0 < cfg.train.lsj_scale[0] <= cfg.train.lsj_scale[1],
+         "train.lsj_scale must be two numbers, low and high, with 0 < low <= high"),
+        (cfg.train.time_limit is None or cfg.train.time_limit > 0, "train.time_limit must be positive (minutes)"),
+        (not cfg.train.fit_to_time_limit or cfg.train.time_limit is not None,
+         "train.fit_to_time_limit needs train.time_limit (minutes)"),
         (cfg.train.lr > 0, "train.lr must be positive"),
         (0.0 <= cfg.train.hflip_prob <= 1.0, "train.hflip_prob must be between 0 and 1"),
         (cfg.train.max_iters_per_epoch is None or cfg.train.max_iters_per_epoch >= 1,

@@ -190,3 +190,28 @@ def test_train_on_real_pennfudan_then_evaluate_and_predict(pennfudan: Path, tmp_
     assert main(["evaluate", str(run)]) == 0
     assert main(["predict", str(run), "--split", "test", "--out", str(tmp_path / "p")]) == 0
     assert len(list((tmp_path / "p").glob("*.png"))) == 3
+
+
+def test_cpu_scratch_preset_trains_within_its_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The recipe ``auto`` picks offline without a GPU: its model and a run cut by --time-limit, evaluated."""
+    from segtune.engine import trainer as trainer_module
+    from tests.conftest import make_mask_folder
+
+    monkeypatch.setattr(trainer_module, "CALIBRATE_STEPS", (1, 2))
+    data = make_mask_folder(tmp_path / "data", n=6)
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(data), "--out", str(run), "--preset", "cpu-scratch", "--time-limit", "0.15",
+                 "--test-size", "2", "--batch-size", "2", "--repeat", "2", "--print-freq", "1",
+                 "model.min_size=96", "model.max_size=128"])
+    assert code == 0
+    config = (run / "config.yaml").read_text()
+    assert "preset: cpu-scratch" in config and "backbone: resnet18" in config and "head_norm: gn" in config
+    history = json.loads((run / "metrics.json").read_text())
+    assert 0 < history[-1]["train_time_s"] <= 0.15 * 60 + 5  # the limit, plus at most one step
+    assert set(history[-1]["metrics"]) == {"bbox", "segm"}
+    log = (run / "train.log").read_text()
+    assert "fit to the time limit of 0.15 min" in log
+    state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["max_steps"] >= 2 and state["step"] <= state["max_steps"]  # stopped by the limit or the fitted end
+    assert state["epochs"] == -(-state["max_steps"] // 4)  # 4 training images x 2 passes / batch 2 per epoch
+    assert (run / "weights" / "best.pt").is_file()

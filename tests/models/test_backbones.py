@@ -219,6 +219,47 @@ def test_anchor_and_roi_options_reach_the_model_through_the_config():
     assert model.transform.min_size == (64,) and model.rpn._pre_nms_top_n["training"] == 100
 
 
+def test_narrow_shallow_pyramid_and_groupnorm_heads_through_the_config():
+    """The cpu-scratch levers: a 3-level 64-channel pyramid, conv box head and mask head with GroupNorm."""
+    torch.manual_seed(0)
+    cfg = build_config(("test", {**TINY_MODEL, "model.name": "maskrcnn", "model.backbone": "resnet18",
+                                 "model.norm": "gn", "model.fpn_channels": 64, "model.fpn_levels": 3,
+                                 "model.anchor_sizes": "16,32,64,128", "model.head_norm": "gn",
+                                 "model.box_head_convs": 2, "model.box_head_dim": 128,
+                                 "model.mask_head_channels": 32, "model.mask_hidden": 32}))
+    model = build_from_config(cfg.model, num_classes=2)
+    with torch.no_grad():
+        features = model.backbone.eval()(torch.zeros(1, 3, 64, 64))
+    assert list(features) == ["0", "1", "2", "pool"]
+    assert [f.shape[-1] for f in features.values()] == [8, 4, 2, 1]  # strides 8, 16, 32, 64
+    assert all(f.shape[1] == 64 for f in features.values())
+    heads = model.roi_heads
+    assert heads.box_roi_pool.featmap_names == heads.mask_roi_pool.featmap_names == ["0", "1", "2"]
+    box_norms = [m for m in heads.box_head.modules() if isinstance(m, nn.GroupNorm)]
+    mask_norms = [m for m in heads.mask_head.modules() if isinstance(m, nn.GroupNorm)]
+    assert len(box_norms) == 2 and len(mask_norms) == 4
+    assert heads.box_predictor.cls_score.in_features == 128
+    assert heads.mask_predictor.conv5_mask.in_channels == 32
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.modules())
+    losses = train_step(model, ["roi_heads.mask_predictor.mask_fcn_logits.weight",
+                                "roi_heads.box_head.0.0.weight", "roi_heads.mask_head.0.0.weight"], masks=True)
+    assert "loss_mask" in losses
+
+
+def test_default_heads_keep_torchvisions_layout():
+    """Without the head options, the composed Mask R-CNN's state dict is torchvision's (files stay loadable)."""
+    model = build_model("maskrcnn", num_classes=2, backbone="resnet18", **SCRATCH, **SMALL)
+    state = model.state_dict()
+    assert state["roi_heads.box_head.fc6.weight"].shape == (1024, 256 * 7 * 7)
+    assert state["roi_heads.mask_head.0.0.weight"].shape == (256, 256, 3, 3)
+    assert state["roi_heads.mask_predictor.conv5_mask.weight"].shape[0] == 256
+
+
+def test_pyramid_levels_are_checked():
+    with pytest.raises(ConfigError, match=r"fpn_levels must be 1-4 for resnet18"):
+        build_model("fasterrcnn", num_classes=2, backbone="resnet18", fpn_levels=5, **SCRATCH)
+
+
 def test_single_map_takes_every_anchor_size():
     model = build_model("fasterrcnn", num_classes=2, backbone="resnet18", fpn=False, anchor_sizes=[64, 128],
                         aspect_ratios=[0.25, 1.0, 4.0], roi_output_size=4, **SCRATCH, **SMALL)

@@ -15,8 +15,8 @@ from segtune.config import resolve_data_path
 from segtune.data import coco, labelme, masks_folder, yolo  # noqa: F401
 from segtune.data.base import FORMATS, DetectionDataset, ProblemSink
 from segtune.data.collate import collate
-from segtune.data.samplers import make_batch_sampler
-from segtune.data.transforms import build_transforms
+from segtune.data.samplers import RepeatSampler, make_batch_sampler
+from segtune.data.transforms import build_transforms, scaled_sizes
 from segtune.errors import ConfigError, DatasetError
 
 #: The order formats are tried in when ``format`` is ``auto`` (most specific first).
@@ -50,16 +50,24 @@ def open_dataset(data_cfg: Any, *, files: list[str] | None = None, transforms: A
 
 def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool = False,
                   augment: Sequence[str] = ("hflip",), hflip_prob: float = 0.5,
-                  sink: ProblemSink | None = None) -> DetectionDataset:
+                  sink: ProblemSink | None = None, image_size: int | None = None,
+                  lsj_scale: Sequence[float] | None = None) -> DetectionDataset:
     """A data set for training (augmented, crowd regions left out) or evaluation (as annotated).
 
     ``augment`` names the presets of :func:`segtune.data.transforms.build_transforms` (used when
-    ``train``). Raises ConfigError when ``copypaste`` is asked of a data set without masks.
+    ``train``). ``image_size`` is the model's input size (its shorter side, ``model.min_size``): the
+    resampling presets work at that scale (``lsj`` on an ``image_size`` square, ``multiscale`` sizes
+    scaled from the 800-px reference recipe), so small models do not pay for 1024-px crops;
+    ``lsj_scale`` is ``lsj``'s scale range (default that of the papers, 0.1-2). Raises
+    ConfigError when ``copypaste`` is asked of a data set without masks.
     """
     # The transforms need the data set's keypoint names (the flip map), so open it first.
     dataset = open_dataset(data_cfg, files=files, keep_crowd=not train, sink=sink)
+    sizes: dict[str, Any] = {} if image_size is None else scaled_sizes(image_size)
+    if lsj_scale is not None:
+        sizes["lsj_scale"] = (float(lsj_scale[0]), float(lsj_scale[1]))
     dataset.transforms = build_transforms(train=train, augment=augment, hflip_prob=hflip_prob,
-                                          keypoint_names=dataset.keypoint_names)
+                                          keypoint_names=dataset.keypoint_names, **sizes)
     if train and "copypaste" in augment and not dataset.has_masks:
         raise ConfigError(f"{dataset.root}: train.augment 'copypaste' needs instance masks, but this data set "
                           "has boxes only; remove it")
@@ -68,7 +76,7 @@ def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool 
 
 def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: bool, workers: int,
                  generator: torch.Generator | None = None, aspect_ratio_group_factor: int = -1,
-                 sampler: torch.utils.data.Sampler | None = None,
+                 sampler: torch.utils.data.Sampler | None = None, repeat: int = 1,
                  collate_fn: Callable | None = None, worker_init_fn: Callable[[int], None] | None = None) -> DataLoader:
     """A loader of ``(images, targets)`` batches; every image comes once per epoch, none is dropped.
 
@@ -83,6 +91,7 @@ def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: b
         sampler: the index order, e.g. a ``DistributedSampler`` for this rank; None = shuffled in
             training, in order otherwise. With a ``DistributedSampler``, call
             ``loader.batch_sampler.set_epoch(epoch)`` every epoch in training.
+        repeat: training: passes over ``dataset`` per epoch (each in a new order).
         collate_fn: how a batch is put together, e.g. :func:`segtune.data.collate.build_collate`'s
             copy-paste; None = :func:`segtune.data.collate.collate`.
         worker_init_fn: seeds each worker process (see :func:`segtune.runtime.seed_worker`).
@@ -91,6 +100,8 @@ def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: b
     if train:
         if sampler is None:
             sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        if repeat > 1:
+            sampler = RepeatSampler(sampler, repeat)
         batch_sampler = make_batch_sampler(dataset, batch_size=batch_size, group_factor=aspect_ratio_group_factor,
                                            sampler=sampler)
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn,

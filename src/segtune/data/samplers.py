@@ -127,6 +127,31 @@ def aspect_ratio_groups(dataset: Any, group_factor: int) -> list[int]:
     return groups.tolist()
 
 
+class RepeatSampler(Sampler[int]):
+    """``sampler``'s order ``times`` times over: one epoch of small data holds several passes.
+
+    Written here because torch has no such wrapper. A random sampler draws a new order each pass;
+    a ``DistributedSampler`` gets epoch ``epoch * times + pass`` before each pass, so it reshuffles too.
+    """
+
+    def __init__(self, sampler: Sampler[int], times: int) -> None:
+        if times < 1:
+            raise ValueError(f"times must be >= 1, got {times}")
+        self.sampler, self.times, self.epoch = sampler, times, 0
+
+    def __iter__(self) -> Iterator[int]:
+        for rep in range(self.times):
+            if hasattr(self.sampler, "set_epoch"):
+                self.sampler.set_epoch(self.epoch * self.times + rep)
+            yield from self.sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler) * self.times  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 def make_batch_sampler(dataset: Any, *, batch_size: int, group_factor: int,
                        sampler: Sampler[int] | None = None) -> Sampler[list[int]]:
     """The batch sampler for ``dataset``: aspect-ratio grouped, or plain when ``group_factor < 0``.

@@ -93,6 +93,17 @@ def build_transforms(*, train: bool, augment: Sequence[str] = ("hflip",), hflip_
     return T.Compose(steps)
 
 
+def scaled_sizes(image_size: int) -> dict[str, Any]:
+    """``build_transforms`` size arguments for a model whose input's shorter side is ``image_size``.
+
+    ``multiscale`` keeps the reference recipe's sizes relative to its 800 px (480-800 at 800, 192-320
+    at 320); ``lsj`` works on an ``image_size`` square (the papers' 1024 px is for 1024-px models).
+    """
+    factor = image_size / 800
+    return {"multiscale_sizes": sorted({round(s * factor) for s in MULTISCALE_SIZES}),
+            "multiscale_max_size": round(MULTISCALE_MAX_SIZE * factor), "lsj_size": (image_size, image_size)}
+
+
 def _check_presets(augment: Sequence[str], keypoint_names: Sequence[str] | None) -> list[str]:
     if isinstance(augment, str):  # "hflip,lsj" from a flag, or one name
         augment = [a for a in augment.split(",") if a.strip()]

@@ -15,27 +15,36 @@ logger = logging.getLogger("segtune.train")
 Layer = tuple[str, dict[str, Any]]
 
 
-def choose_preset(device: str = "auto", model: str = "maskrcnn_resnet50_fpn") -> str:
-    """``tutorial`` when a GPU or the COCO weights are at hand, else ``cpu-quick``; logs why.
+#: The model the tutorial recipe fine-tunes (the config default).
+TUTORIAL_MODEL = "maskrcnn_resnet50_fpn"
+#: The model of the ``cpu-scratch`` preset: a Mask R-CNN composed on a small backbone.
+SCRATCH_MODEL = "maskrcnn"
 
-    Looking for the weights means the hub cache, then one download attempt (which fails at once
-    with no network).
+
+def choose_preset(device: str = "auto", model: str | None = None) -> str:
+    """The preset ``auto`` stands for; logs one line saying which and why.
+
+    * ``tutorial`` when a GPU is in use, or the model's COCO weights are at hand (the hub cache, then
+      one download attempt, which fails at once with no network);
+    * else ``cpu-scratch`` (segtune's recipe for no weights and no GPU, with its own small Mask R-CNN)
+      when no model was named (``model`` None) or the named one is that recipe's;
+    * else ``cpu-quick``: a short schedule on small images for the model the user named.
     """
     if device != "cpu" and torch.cuda.is_available():
         logger.info("preset auto -> tutorial (a GPU is available)")
         return "tutorial"
-    weights = default_weights(model)
-    if weights is None:
-        logger.warning("preset auto -> cpu-quick: no GPU, and %s has no whole-model pretrained weights, so this "
-                       "runs a short schedule on small images.", model)
-        return "cpu-quick"
-    if weights_available(weights):
+    weights = default_weights(model or TUTORIAL_MODEL)
+    if weights is not None and weights_available(weights):
         logger.info("preset auto -> tutorial (COCO weights %s are available; on CPU this takes hours)", weights)
         return "tutorial"
-    logger.warning(
-        "preset auto -> cpu-quick: no GPU and the COCO-pretrained weights could not be loaded or "
-        "downloaded, so this runs a short schedule on small images from random initialisation."
-    )
+    why = ("no GPU and the COCO-pretrained weights could not be loaded or downloaded" if weights is not None
+           else f"no GPU, and {model} has no whole-model pretrained weights")
+    if model in (None, SCRATCH_MODEL):
+        logger.warning("preset auto -> cpu-scratch: %s, so this trains segtune's CPU recipe from random "
+                       "initialisation (a small Mask R-CNN, its schedule fitted to train.time_limit).", why)
+        return "cpu-scratch"
+    logger.warning("preset auto -> cpu-quick: %s, so this runs a short schedule on small images from random "
+                   "initialisation.", why)
     return "cpu-quick"
 
 
@@ -45,12 +54,12 @@ def configure(*layers: Layer) -> Config:
     The preset is the last ``train.preset`` any layer sets (default ``tutorial``); ``auto`` is
     resolved by :func:`choose_preset`.
     """
-    preset, device, model = "tutorial", "auto", "maskrcnn_resnet50_fpn"
+    preset, device, model = "tutorial", "auto", None
     for _, values in layers:
         preset = values.get("train.preset", preset)
         device = values.get("train.device", device)
         model = values.get("model.name", model)
     if preset == "auto":
-        preset = choose_preset(str(device), str(model))
+        preset = choose_preset(str(device), None if model is None else str(model))
     stripped = [(src, {k: v for k, v in values.items() if k != "train.preset"}) for src, values in layers]
     return build_config(preset_layer(str(preset)), *stripped)

@@ -41,6 +41,9 @@ from segtune.runtime import default_workers, seed_everything, seed_worker
 
 logger = logging.getLogger("segtune.train")
 
+#: ``train.fit_to_time_limit`` times the optimiser steps between these two (the first ones are slow).
+CALIBRATE_STEPS = (5, 25)
+
 
 @dataclass
 class TrainResult:
@@ -54,6 +57,34 @@ class TrainResult:
     @property
     def last_metrics(self) -> dict[str, dict[str, float]]:
         return self.history[-1]["metrics"] if self.history else {}
+
+
+class Stopwatch:
+    """Seconds spent training (steps and data), not evaluating; can be paused by a hook that does other work."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self._elapsed, self._since = elapsed, None
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        self._elapsed, self._since = self.elapsed, None
+
+    @contextlib.contextmanager
+    def paused(self) -> Any:
+        running = self._since is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
 
 
 class Trainer:
@@ -70,6 +101,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = self.step = 0
         self._signal: str | None = None
+        self.clock = Stopwatch()  # training time; hooks that evaluate on their own pause it
+        self.max_steps: int | None = None  # set by fit_to_time_limit: the schedule ends at this step
+        self._calibration_start: float | None = None
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -111,7 +145,8 @@ class Trainer:
                                   load_weights=resume is None).to(self.device)
         self.model = model
         self.train_ds = build_dataset(cfg.data, files=self.split["train"], train=True, augment=cfg.train.augment,
-                                      hflip_prob=cfg.train.hflip_prob)
+                                      hflip_prob=cfg.train.hflip_prob, image_size=cfg.model.min_size,
+                                      lsj_scale=cfg.train.lsj_scale)
         self.test_ds = build_dataset(cfg.data, files=self.split["test"], train=False)
         self.workers = default_workers(self.device, cfg.data.workers)
         self.generator = torch.Generator()
@@ -122,7 +157,7 @@ class Trainer:
                 seed=cfg.train.seed, drop_last=False)
         self.loader = build_loader(
             self.train_ds, batch_size=cfg.train.batch_size, train=True, workers=self.workers, generator=self.generator,
-            aspect_ratio_group_factor=cfg.data.aspect_ratio_group_factor, sampler=sampler,
+            aspect_ratio_group_factor=cfg.data.aspect_ratio_group_factor, sampler=sampler, repeat=cfg.train.repeat,
             collate_fn=build_collate(cfg.train.augment, seed=cfg.train.seed), worker_init_fn=seed_worker)
         batches = len(self.loader.batch_sampler)
         self.iters = batches if cfg.train.max_iters_per_epoch is None else min(batches, cfg.train.max_iters_per_epoch)
@@ -153,6 +188,9 @@ class Trainer:
         if amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp fp16 needs a CUDA device (on CPU use bf16 or none)")
         self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+        if amp == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            logger.warning("train.amp bf16: this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX), "
+                           "so bf16 autocast is slower than float32 here; use --amp none")
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
     def _load_resume(self, ckpt: dict[str, Any]) -> None:
@@ -166,6 +204,10 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.start_iteration = int(ckpt.get("iteration", 0))
         self.history = list(ckpt.get("history", []))
+        self.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
+        if ckpt.get("max_steps") is not None:  # the schedule was fitted to the time limit before the stop
+            self.max_steps = int(ckpt["max_steps"])
+            self.cfg.train.epochs = int(ckpt["epochs"])
         self.resumed_from = ckpt["path"]
         if "rng" in ckpt:
             restore_rng(ckpt["rng"])
@@ -216,7 +258,8 @@ class Trainer:
             return
         start = time.perf_counter()
         metrics, detections = self._evaluate(self.model)
-        record = {"epoch": epoch, "step": self.step, "lr": lr, "train": losses, "metrics": metrics,
+        record = {"epoch": epoch, "step": self.step, "lr": lr, "train_time_s": round(self.clock.elapsed, 2),
+                  "train": losses, "metrics": metrics,
                   "per_class": self.per_class, "eval_time_s": time.perf_counter() - start, "detections": detections}
         if self.ema is not None:
             record["ema"], _ = self._evaluate(self.ema.module)
@@ -242,6 +285,23 @@ class Trainer:
         loader = build_loader_from_batches(self.loader, batches[self.start_iteration:], self.generator)
         report = EpochReporter(epoch, self.iters, device=self.device, print_freq=cfg.train.print_freq,
                                start=self.start_iteration, enabled=self.main)
+        self.clock.start()
+        try:
+            return self._train_iterations(epoch, loader, report)
+        finally:
+            self.clock.stop()
+
+    def _out_of_time(self) -> bool:
+        """Whether ``train.time_limit`` minutes of training are spent (rank 0's clock decides for every process)."""
+        limit = self.cfg.train.time_limit
+        if limit is None:
+            return False
+        over = self.clock.elapsed >= limit * 60.0
+        return bool(dist.broadcast_object(over)) if self.dist.world_size > 1 else over
+
+    def _train_iterations(self, epoch: int, loader: torch.utils.data.DataLoader,
+                          report: EpochReporter) -> dict[str, float] | None:
+        cfg = self.cfg
         for i, (images, targets) in enumerate(loader, self.start_iteration + 1):
             report.data_ready()
             images = [img.to(self.device, non_blocking=True) for img in images]
@@ -267,11 +327,60 @@ class Trainer:
                 self._optimizer_step()
             report.step(i, values, lr)
             # A stop takes effect between optimiser steps, never inside an accumulation group.
+            if last_of_group and cfg.train.fit_to_time_limit:
+                self._calibrate()
+            if last_of_group and i < self.iters and not self._signal and self._out_of_budget():
+                # The time limit (or the fitted schedule) ends training here; this part-epoch is evaluated
+                # and saved as the last one.
+                logger.info("%s at epoch %d, iteration %d of %d: evaluating and stopping", self._budget_reason(),
+                            epoch, i, self.iters)
+                self.stop_training = True
+                return report.close()
             if (self._signal or self.stop_training) and last_of_group and i < self.iters:
                 report.close()
                 self._interrupt(epoch, i)
                 return None
+        if self._out_of_budget() and self.epoch + 1 < cfg.train.epochs:
+            logger.info("%s at the end of epoch %d: stopping", self._budget_reason(), epoch)
+            self.stop_training = True
         return report.close()
+
+    def _out_of_budget(self) -> bool:
+        return self._out_of_time() or (self.max_steps is not None and self.step >= self.max_steps)
+
+    def _budget_reason(self) -> str:
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return f"the schedule fitted to the time limit ends at step {self.max_steps}"
+        return f"time limit of {self.cfg.train.time_limit:g} min reached"
+
+    def _calibrate(self) -> None:
+        """``train.fit_to_time_limit``: time the steps, and end the schedule where the time limit falls.
+
+        First fitted after ``CALIBRATE_STEPS[1]`` steps, then again after 2x, 4x, ... as many, each
+        time from the mean step time since step ``CALIBRATE_STEPS[0]`` (so a passing slowdown of the
+        machine does not fix the length). The cosine schedule is stretched or shrunk to the steps that
+        fit, ``train.epochs`` becomes the epochs they span, and training stops at that step (or at the
+        limit, if slower after all). Rank 0's timing decides for every process; a resumed run keeps the
+        fitted length.
+        """
+        first, last = CALIBRATE_STEPS
+        if self.step == first:
+            self._calibration_start = self.clock.elapsed
+        rounds = self.step // last
+        if self._calibration_start is None or self.step % last or rounds & (rounds - 1):  # at last x 1, 2, 4, ...
+            return
+        seconds = (self.clock.elapsed - self._calibration_start) / (self.step - first)
+        if self.dist.world_size > 1:
+            seconds = float(dist.broadcast_object(seconds))
+        remaining = self.cfg.train.time_limit * 60.0 - self.clock.elapsed
+        self.max_steps = self.step + max(0, int(remaining / seconds))
+        steps_per_epoch = math.ceil(self.iters / self.accumulate)
+        self.cfg.train.epochs = max(1, math.ceil(self.max_steps / steps_per_epoch))
+        for factor in self.scheduler.lr_lambdas:
+            factor.total_iters = self.max_steps
+        logger.info("fit to the time limit of %g min: %.2f s per step, so %d steps (%d epochs of %d) fit; the %s "
+                    "schedule ends there", self.cfg.train.time_limit, seconds, self.max_steps, self.cfg.train.epochs,
+                    steps_per_epoch, self.cfg.train.schedule)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -311,6 +420,7 @@ class Trainer:
     def _training_state(self, iteration: int) -> dict[str, Any]:
         state = {**self._state(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "scaler": self.scaler.state_dict(), "iteration": iteration, "rng": capture_rng(),
+                 "train_time_s": self.clock.elapsed, "max_steps": self.max_steps, "epochs": self.cfg.train.epochs,
                  "history": self.history}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -415,6 +525,14 @@ class Trainer:
                     cfg.train.batch_size, f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else "")
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX); False when torch cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _keypoint_info(dataset: Any) -> dict[str, Any]:
     """The checkpoint's keypoint keys: ``num_keypoints``, ``keypoint_names``, ``skeleton`` (COCO's 1-based pairs).
 
@@ -438,11 +556,15 @@ def build_loader_from_batches(template: torch.utils.data.DataLoader, batches: li
 def _log_setting_notes(cfg: Config, device: torch.device) -> None:
     """Say plainly what this run could not use (pretrained weights, a GPU) and what that means."""
     if cfg.model.weights in ("none", "None", "") and cfg.model.weights_backbone in ("none", "None", ""):
+        if cfg.train.preset == "cpu-scratch":
+            expect = ("the cpu-scratch recipe is made for this: on 2 CPU cores it reaches about 0.3 segm AP on "
+                      "Penn-Fudan in 8 minutes (README 'The CPU recipe' has the hour's figures)")
+        else:
+            expect = "a detector needs many epochs to learn from scratch: expect AP near 0 after a short run"
         logger.warning(
-            "NOTE: training from random initialisation (no pretrained weights). A detector needs many "
-            "epochs to learn from scratch: expect AP near 0 after a short run. With COCO weights "
+            "NOTE: training from random initialisation (no pretrained weights); %s. With COCO weights "
             "(--weights DEFAULT, needs network once or the file in the torch hub cache) the tutorial "
-            "recipe reaches about 0.8 bbox AP on Penn-Fudan."
+            "recipe reaches about 0.8 bbox AP on Penn-Fudan.", expect
         )
     if device.type == "cpu":
         logger.info("device: CPU (%d threads); no GPU in use", torch.get_num_threads())

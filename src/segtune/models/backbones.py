@@ -219,6 +219,8 @@ def build_backbone(
     load_weights: bool = True,
     pretrained: bool | None = None,
     progress: bool = True,
+    fpn_channels: int = FPN_CHANNELS,
+    fpn_levels: int = 4,
 ) -> nn.Module:
     """A detection backbone made from torchvision classification model ``name``.
 
@@ -231,6 +233,9 @@ def build_backbone(
     * ``fpn=True``: a :class:`~torchvision.models.detection.backbone_utils.BackboneWithFPN` over the
       last map of each stride-4, 8, 16 and 32 stage, ``out_channels`` 256, returning maps
       ``'0'``..``'3'`` plus ``'pool'`` (a max-pooled stride-64 level), like torchvision's ResNet-FPN.
+      ``fpn_levels`` 3 leaves out the stride-4 stage (maps ``'0'``..``'2'`` at strides 8-32 plus
+      ``'pool'``), and ``fpn_channels`` narrows every level: both cut the cost of the pyramid and
+      of everything after it several-fold, for data whose objects are not small.
 
     A "layer" for ``trainable_layers`` is one stage of the trunk: all its children that work at one
     stride, counted from the deep end. ResNet/ResNeXt: conv1+bn1, layer1, layer2, layer3, layer4
@@ -255,6 +260,8 @@ def build_backbone(
             norm and the default ``trainable_layers``; default: whether ``weights_backbone`` names
             any. A detector whose whole-model weights are loaded afterwards passes True.
         progress: show a download progress bar.
+        fpn_channels: channels of every pyramid level (``out_channels``).
+        fpn_levels: how many of the stride-4, 8, 16 and 32 stages feed the pyramid, from the deep end (1-4).
 
     Returns:
         The backbone module, with an ``out_channels`` attribute.
@@ -284,11 +291,14 @@ def build_backbone(
         trunk.out_channels = stages[-1].channels
         return trunk
     levels = [stage for stage in stages if stage.stride >= 4]
+    if not 1 <= fpn_levels <= len(levels):
+        raise ConfigError(f"model.fpn_levels must be 1-{len(levels)} for {name} (its stride 4-32 stages), got {fpn_levels}")
+    levels = levels[len(levels) - fpn_levels:]
     return BackboneWithFPN(
         trunk,
         return_layers={stage.children[-1]: str(i) for i, stage in enumerate(levels)},
         in_channels_list=[stage.channels for stage in levels],
-        out_channels=FPN_CHANNELS,
+        out_channels=fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
 

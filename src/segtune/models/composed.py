@@ -26,14 +26,15 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, KeypointRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import mobilenet_backbone
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from segtune.errors import ConfigError, WeightsError
 from segtune.models.backbones import (
     BACKBONES, backbone_family, build_backbone, checked_norm_layer, feature_names, load_trunk_weights, trainable_stages,
 )
+from segtune.models.norms import group_norm
 from segtune.models.spec import ModelSpec, register
 from segtune.models.weights import NO_WEIGHTS, load_state_dict_file, resolve_backbone_weights, resolve_weights
 from segtune.models.weights import load_weights as load_weights_state
@@ -50,6 +51,10 @@ MASK_ROI_SIZE = KEYPOINT_ROI_SIZE = 14
 BOX_HEAD_CHANNELS = 1024
 #: Channels the mask head feeds its predictor (torchvision's four 256-channel convs).
 MASK_HEAD_CHANNELS = 256
+#: Convolutions of the mask head (torchvision's).
+MASK_HEAD_CONVS = 4
+#: Normalisation of the box and mask heads: ``none`` (torchvision's v1 heads) or ``gn`` (its v2 heads' GroupNorm).
+HEAD_NORMS = ("none", "gn")
 #: COCO's person keypoint count, used when none is given (torchvision's default).
 COCO_KEYPOINTS = 17
 
@@ -131,17 +136,53 @@ def load_detector_state(model: nn.Module, state: dict[str, torch.Tensor], *, sou
     return missing
 
 
-def _mask_parts(roi_levels: list[str], num_classes: int, mask_hidden: int) -> dict[str, Any]:
-    """MaskRCNN arguments for a mask predictor of width ``mask_hidden``.
+@dataclasses.dataclass(frozen=True)
+class HeadShape:
+    """The sizes of the RoI heads of a composed detector; the defaults are torchvision's Mask R-CNN (v1).
 
-    MaskRCNN refuses ``num_classes`` next to its own ``mask_predictor``, so both predictors are given.
+    Attributes:
+        norm: ``none``, or ``gn``: GroupNorm after every head convolution (as torchvision's v2 models
+            and Detectron2's from-scratch recipes; it trains without pretrained statistics).
+        box_convs: 3x3 convolutions of the box head before its one fully connected layer (a
+            ``FastRCNNConvFCHead``); 0 = torchvision's two fully connected layers (``TwoMLPHead``).
+        box_dim: width of the box head's fully connected layer(s), the box predictor's input.
+        mask_channels: width of the mask head's four convolutions.
     """
-    return {
-        "num_classes": None,
-        "box_predictor": FastRCNNPredictor(BOX_HEAD_CHANNELS, num_classes),
-        "mask_roi_pool": MultiScaleRoIAlign(roi_levels, MASK_ROI_SIZE, 2),
-        "mask_predictor": MaskRCNNPredictor(MASK_HEAD_CHANNELS, mask_hidden, num_classes),
-    }
+
+    norm: str = "none"
+    box_convs: int = 0
+    box_dim: int = BOX_HEAD_CHANNELS
+    mask_channels: int = MASK_HEAD_CHANNELS
+
+    def __post_init__(self) -> None:
+        if self.norm not in HEAD_NORMS:
+            raise ConfigError(f"model.head_norm must be one of {', '.join(HEAD_NORMS)}, got {self.norm!r}")
+        if self.box_convs < 0 or self.box_dim < 1 or self.mask_channels < 1:
+            raise ConfigError(f"model.box_head_convs must be >= 0 and model.box_head_dim, model.mask_head_channels "
+                              f">= 1 (got {self.box_convs}, {self.box_dim}, {self.mask_channels})")
+
+
+def _head_parts(family: str, roi_levels: list[str], channels: int, roi_size: int, num_classes: int,
+                mask_hidden: int, heads: HeadShape) -> dict[str, Any]:
+    """Detector arguments for box (and mask) heads of shape ``heads`` on ``channels``-wide features.
+
+    MaskRCNN refuses ``num_classes`` next to its own ``mask_predictor``, so the predictors are given.
+    """
+    norm = group_norm if heads.norm == "gn" else None
+    if heads.box_convs:
+        box_head: nn.Module = FastRCNNConvFCHead((channels, roi_size, roi_size), [channels] * heads.box_convs,
+                                                 [heads.box_dim], norm_layer=norm)
+    else:
+        box_head = TwoMLPHead(channels * roi_size**2, heads.box_dim)
+    parts: dict[str, Any] = {"num_classes": None, "box_head": box_head,
+                             "box_predictor": FastRCNNPredictor(heads.box_dim, num_classes)}
+    if family == "maskrcnn":
+        parts.update({
+            "mask_roi_pool": MultiScaleRoIAlign(roi_levels, MASK_ROI_SIZE, 2),
+            "mask_head": MaskRCNNHeads(channels, [heads.mask_channels] * MASK_HEAD_CONVS, 1, norm_layer=norm),
+            "mask_predictor": MaskRCNNPredictor(heads.mask_channels, mask_hidden, num_classes),
+        })
+    return parts
 
 
 def _apply_head_rows(source_state: dict[str, torch.Tensor] | None, model: nn.Module, head_rows: list[int] | None,
@@ -174,6 +215,9 @@ def _family_builder(family: str) -> Callable[..., nn.Module]:
         roi_output_size: int = 7,
         roi_sampling_ratio: int = 2,
         mask_hidden: int = 256,
+        fpn_channels: int = 256,
+        fpn_levels: int = 4,
+        heads: HeadShape = HeadShape(),
         progress: bool = True,
         **detector_kwargs: Any,
     ) -> nn.Module:
@@ -186,18 +230,21 @@ def _family_builder(family: str) -> Callable[..., nn.Module]:
         pretrained = whole is not None or resolve_backbone_weights(backbone, spec, must_exist=load_weights) is not None
         body = build_backbone(backbone, fpn=fpn, weights_backbone=spec, norm=norm,
                               trainable_layers=trainable_backbone_layers, load_weights=load_weights,
-                              pretrained=pretrained, progress=progress)
+                              pretrained=pretrained, progress=progress, fpn_channels=fpn_channels,
+                              fpn_levels=fpn_levels)
         levels = feature_names(body)
         roi_levels = [n for n in levels if n != "pool"]
         anchors = anchor_generator(levels, anchor_sizes, aspect_ratios, backbone=backbone)
         box_pool = MultiScaleRoIAlign(roi_levels, roi_output_size, roi_sampling_ratio)
         common = {"rpn_anchor_generator": anchors, "box_roi_pool": box_pool, **detector_kwargs}
+        common.update(_head_parts(family, roi_levels, body.out_channels, roi_output_size, num_classes, mask_hidden,
+                                  heads))
         if family == "fasterrcnn":
-            model: nn.Module = FasterRCNN(body, num_classes=num_classes, **common)
+            model: nn.Module = FasterRCNN(body, **common)
         elif family == "maskrcnn":
-            model = MaskRCNN(body, **_mask_parts(roi_levels, num_classes, mask_hidden), **common)
+            model = MaskRCNN(body, **common)
         else:
-            model = KeypointRCNN(body, num_classes=num_classes, num_keypoints=num_keypoints or COCO_KEYPOINTS,
+            model = KeypointRCNN(body, num_keypoints=num_keypoints or COCO_KEYPOINTS,
                                  keypoint_roi_pool=MultiScaleRoIAlign(roi_levels, KEYPOINT_ROI_SIZE, 2), **common)
         if load_weights:
             state = load_state_dict_file(whole) if whole is not None else None
@@ -226,6 +273,9 @@ def _family_builder(family: str) -> Callable[..., nn.Module]:
         aspect_ratios: anchor aspect ratios on every level; default 0.5, 1, 2.
         roi_output_size, roi_sampling_ratio: RoIAlign of the box head (masks and keypoints use 14, 2).
         mask_hidden: hidden channels of the mask predictor (maskrcnn).
+        fpn_channels, fpn_levels: width and depth of the feature pyramid (see
+            :func:`segtune.models.backbones.build_backbone`).
+        heads: norm and sizes of the box and mask heads (:class:`HeadShape`; default torchvision's).
         **detector_kwargs: passed to torchvision's detector (``min_size``, ``rpn_*``, ``box_*``).
 
     Raises:
@@ -258,6 +308,10 @@ def _family_from_config(family: str) -> Callable[[Any], dict[str, Any]]:
             "aspect_ratios": cfg.aspect_ratios,
             "roi_output_size": cfg.roi_output_size,
             "roi_sampling_ratio": cfg.roi_sampling_ratio,
+            "fpn_channels": cfg.fpn_channels,
+            "fpn_levels": cfg.fpn_levels,
+            "heads": HeadShape(norm=cfg.head_norm, box_convs=cfg.box_head_convs, box_dim=cfg.box_head_dim,
+                               mask_channels=cfg.mask_head_channels),
         }
         if family == "maskrcnn":
             kwargs["mask_hidden"] = cfg.mask_hidden
@@ -337,7 +391,8 @@ def maskrcnn_mobilenet_v3_large_fpn(
     anchors = AnchorGenerator((DEFAULT_ANCHOR_SIZES,) * len(levels), (DEFAULT_ASPECT_RATIOS,) * len(levels))
     detector_kwargs.setdefault("rpn_score_thresh", 0.05)
     model = MaskRCNN(body, rpn_anchor_generator=anchors, box_roi_pool=MultiScaleRoIAlign(roi_levels, 7, 2),
-                     **_mask_parts(roi_levels, num_classes, mask_hidden), **detector_kwargs)
+                     **_head_parts("maskrcnn", roi_levels, body.out_channels, 7, num_classes, mask_hidden, HeadShape()),
+                     **detector_kwargs)
     if not load_weights:
         return model
     state = None

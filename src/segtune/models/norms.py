@@ -10,7 +10,8 @@ from torchvision.ops import FrozenBatchNorm2d
 NORMS = ("auto", "frozen_bn", "bn", "gn")
 
 
-def _group_norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm over ``channels``: 32 groups, or the most of 16, 8, ... 1 that divides ``channels``."""
     # 32 groups as in "Group Normalization" (Wu & He); fall back to fewer for narrow layers (e.g. MobileNet's 16).
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
     return nn.GroupNorm(groups, channels)
@@ -30,5 +31,5 @@ def norm_layer_for(norm: str, *, pretrained: bool) -> Callable[[int], nn.Module]
     if norm == "bn":
         return nn.BatchNorm2d
     if norm == "gn":
-        return _group_norm
+        return group_norm
     raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")

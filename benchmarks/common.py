@@ -1,0 +1,48 @@
+"""What every benchmark script shares: the machine line, the data path default, JSON results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+DATA = os.environ.get("SEGTUNE_DATA", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "PennFudanPed"))
+
+
+def machine() -> str:
+    """One line naming the CPU (or GPU), the threads torch uses and the torch / torchvision versions."""
+    import torchvision
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}, "
+            f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+
+
+def write_result(name: str, result: dict[str, Any]) -> Path:
+    """Write ``result`` (with the machine line) to ``benchmarks/results/NAME``; return the path."""
+    path = RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def append_record(name: str, record: dict[str, Any]) -> Path:
+    """Append one JSON line to ``benchmarks/results/NAME`` (a log of tries that is never rewritten)."""
+    path = RESULTS / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"machine": machine(), **record}) + "\n")
+    return path

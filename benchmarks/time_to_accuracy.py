@@ -1,0 +1,192 @@
+"""From scratch under a wall-clock budget: AP reached, and when, by the tutorial recipe and segtune's CPU recipe.
+
+One command:  .venv/bin/python benchmarks/time_to_accuracy.py [--minutes 60] [--seeds 0 1 2]
+
+Each recipe trains from random initialisation (no weights are downloaded) on the same Penn-Fudan
+train/test split, with ``train.time_limit`` = ``--minutes`` of training time (evaluation is not
+counted). The recipes:
+
+* ``tutorial``: the torchvision tutorial's Mask R-CNN R50-FPN, 800 px, batch 2, SGD lr 0.005, StepLR(3)
+  over 10 epochs, flips; cut by the budget wherever it is (on 2 CPU cores its 10 epochs take ~4 h);
+* ``cpu-scratch``: segtune's preset for no weights and no GPU (``segtune train --preset cpu-scratch``),
+  whose schedule is fitted to the budget.
+
+The test split is scored (COCO bbox + segm AP) at the end of every epoch and, between, every
+``--eval-every`` minutes of training (the clock is paused while scoring). Prints, per recipe and
+seed, the AP at the budget and the training minutes at which segm and bbox AP first reached 0.1,
+0.2, ...; then mean and spread over the seeds. Writes benchmarks/results/time_to_accuracy/TAG.json
+and appends every run to benchmarks/results/recipe_search.jsonl (the audit log of the recipe search:
+``--set model.min_size=384 --tag try-384`` runs a variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from common import DATA, RESULTS, append_record, write_result
+from segtune.config import PRESETS
+from segtune.engine.hooks import Hook
+from segtune.engine.presets import configure
+from segtune.engine.trainer import Trainer
+from segtune.evaluation import evaluate_model
+
+LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+RECIPES = {
+    # The tutorial's settings (the config defaults), without the COCO weights nobody can fetch here.
+    "tutorial": {"train.preset": "tutorial", "model.weights": "none", "model.weights_backbone": "none"},
+    "cpu-scratch": {"train.preset": "cpu-scratch"},
+}
+
+
+class ScoreEvery(Hook):
+    """Scores the test split every ``minutes`` of training time, with the training clock paused."""
+
+    main_process_only = True
+
+    def __init__(self, minutes: float) -> None:
+        self.every = minutes * 60.0
+        self.next = self.every
+        self.points: list[dict[str, Any]] = []
+
+    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+        if trainer.clock.elapsed < self.next:
+            return
+        with trainer.clock.paused():
+            report = evaluate_model(trainer.model, trainer.test_ds, trainer.cfg.data.classes, device=trainer.device,
+                                    gt=trainer.gt, mask_threshold=trainer.cfg.eval.mask_threshold)
+            self.points.append(point(trainer.clock.elapsed, step, report.metrics))
+            logging.getLogger("segtune.train").info("benchmark score at %.1f min (step %d): %s", self.points[-1]["minutes"],
+                                                    step, fmt(self.points[-1]))
+        while self.next <= trainer.clock.elapsed:
+            self.next += self.every
+
+
+def point(seconds: float, step: int, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+    return {"minutes": round(seconds / 60.0, 2), "step": step,
+            **{f"{kind}_AP": round(float(m["AP"]), 4) for kind, m in metrics.items()}}
+
+
+def fmt(p: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {p[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in p)
+
+
+def first_reached(curve: list[dict[str, Any]], key: str) -> dict[str, float | None]:
+    """Training minutes at which ``key`` first reached each of :data:`LEVELS` (None: never)."""
+    return {f"{level:.1f}": next((p["minutes"] for p in curve if p.get(key, 0.0) >= level), None) for level in LEVELS}
+
+
+def run_one(recipe: str, seed: int, minutes: float, eval_every: float, sets: dict[str, Any], data: str,
+            out: str) -> dict[str, Any]:
+    values = {**RECIPES[recipe], "data.path": data, "train.out": out, "train.seed": seed,
+              "train.time_limit": minutes, "train.tensorboard": False, **sets}
+    cfg = configure(("benchmark", values))
+    scorer = ScoreEvery(eval_every)
+    trainer = Trainer(cfg, hooks=[scorer])
+    wall = time.perf_counter()
+    result = trainer.fit()
+    wall = time.perf_counter() - wall
+    curve = scorer.points + [point(r["train_time_s"], r["step"], r["metrics"]) for r in result.history]
+    curve.sort(key=lambda p: p["minutes"])
+    last = point(result.history[-1]["train_time_s"], result.history[-1]["step"], result.last_metrics)
+    return {
+        "recipe": recipe, "seed": seed, "budget_min": minutes, "overrides": sets, "run_dir": str(result.run_dir),
+        "config": yaml.safe_load((result.run_dir / "config.yaml").read_text()),
+        "steps": trainer.step, "train_minutes": last["minutes"], "wall_minutes": round(wall / 60.0, 2),
+        "final": last, "best": point(0.0, 0, result.best_metrics) | {"epoch": result.best_epoch},
+        "curve": curve,
+        "segm_first_reached_min": first_reached(curve, "segm_AP"),
+        "bbox_first_reached_min": first_reached(curve, "bbox_AP"),
+    }
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    sets = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--set {item!r}: expected section.key=value")
+        sets[key] = yaml.safe_load(value)
+    return sets
+
+
+def spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
+
+
+def show_log() -> None:
+    """Print the audit log of every run (benchmarks/results/recipe_search.jsonl) as a Markdown table."""
+    path = RESULTS / "recipe_search.jsonl"
+    print("| tag | recipe | seed | overrides | budget (min) | steps | s/step | bbox AP | segm AP |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
+        rate = 60 * r["train_minutes"] / max(1, r["steps"])
+        print(f"| {r['tag']} | {r['recipe']} | {r['seed']} | {sets} | {r['budget_min']:g} | {r['steps']} | "
+              f"{rate:.2f} | {r['final'].get('bbox_AP', 0):.3f} | {r['final'].get('segm_AP', 0):.3f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=60.0, help="training-time budget per run (default 60)")
+    parser.add_argument("--recipes", default="tutorial,cpu-scratch", help="comma-separated: " + ", ".join(RECIPES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--eval-every", type=float, default=10.0, help="score the test split every this many "
+                        "training minutes, besides every epoch's end (default 10)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every recipe (a variant to try), e.g. model.min_size=384")
+    parser.add_argument("--tag", default="default", help="name of the result file and of the runs in the log")
+    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--out", default="runs/benchmarks/time_to_accuracy", help="run folders (weights, logs)")
+    parser.add_argument("--show-log", action="store_true", help="only print the log of every run so far as a table")
+    args = parser.parse_args()
+    if args.show_log:
+        show_log()
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = [r for r in recipes if r not in RECIPES]
+    if unknown:
+        sys.exit(f"--recipes: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    sets = parse_sets(args.set)
+    runs = []
+    for recipe in recipes:
+        for seed in args.seeds:
+            print(f"== {recipe}, seed {seed}, {args.minutes:g} min{' ' + str(sets) if sets else ''}", flush=True)
+            run = run_one(recipe, seed, args.minutes, args.eval_every, sets, args.data, f"{args.out}/{args.tag}")
+            run["tag"] = args.tag
+            runs.append(run)
+            append_record("recipe_search.jsonl", {k: v for k, v in run.items() if k != "curve"})
+            print(f"   {run['steps']} steps in {run['train_minutes']:.1f} min: {fmt(run['final'])}", flush=True)
+    summary = {}
+    print(f"\n| recipe | seeds | segm AP at {args.minutes:g} min | bbox AP | steps | segm AP 0.1 / 0.2 / 0.3 first at (min) |")
+    print("|---|---|---|---|---|---|")
+    for recipe in recipes:
+        mine = [r for r in runs if r["recipe"] == recipe]
+        segm = [r["final"].get("segm_AP", 0.0) for r in mine]
+        bbox = [r["final"].get("bbox_AP", 0.0) for r in mine]
+        reached = "; ".join(" / ".join("-" if r["segm_first_reached_min"][k] is None else f"{r['segm_first_reached_min'][k]:.0f}"
+                                       for k in ("0.1", "0.2", "0.3")) for r in mine)
+        summary[recipe] = {"segm_AP": segm, "bbox_AP": bbox, "segm_mean": statistics.mean(segm),
+                           "bbox_mean": statistics.mean(bbox)}
+        print(f"| {recipe} | {len(mine)} | {spread(segm)} | {spread(bbox)} | "
+              f"{', '.join(str(r['steps']) for r in mine)} | {reached} |")
+    path = write_result(f"time_to_accuracy/{args.tag}.json", {"budget_min": args.minutes, "overrides": sets,
+                                                              "presets": {r: PRESETS.get(RECIPES[r]["train.preset"], {})
+                                                                          for r in recipes},
+                                                              "summary": summary, "runs": runs})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
