@@ -167,6 +167,18 @@ class Config:
 
 SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "eval": EvalConfig}
 
+#: What both CPU presets share: no weights to download, 320-512 px inputs, fewer RPN proposals.
+_CPU_INPUT: dict[str, Any] = {
+    "model.weights": "none",
+    "model.weights_backbone": "none",
+    "model.min_size": 320,
+    "model.max_size": 512,
+    "model.rpn_pre_nms_top_n_train": 600,
+    "model.rpn_post_nms_top_n_train": 300,
+    "model.rpn_pre_nms_top_n_test": 300,
+    "model.rpn_post_nms_top_n_test": 150,
+}
+
 #: Named recipes, as dotted overrides on top of the defaults (the defaults are ``tutorial``).
 PRESETS: dict[str, dict[str, Any]] = {
     # The torchvision fine-tuning tutorial: COCO-pretrained Mask R-CNN, 10 epochs, batch 2.
@@ -175,14 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # images, fewer proposals and RoI samples, a capped number of iterations. It shows the whole
     # pipeline working; accuracy from random initialisation in minutes is near zero.
     "cpu-quick": {
-        "model.weights": "none",
-        "model.weights_backbone": "none",
-        "model.min_size": 320,
-        "model.max_size": 512,
-        "model.rpn_pre_nms_top_n_train": 600,
-        "model.rpn_post_nms_top_n_train": 300,
-        "model.rpn_pre_nms_top_n_test": 300,
-        "model.rpn_post_nms_top_n_test": 150,
+        **_CPU_INPUT,
         "model.box_batch_size_per_image": 128,
         "train.epochs": 2,
         "train.lr": 0.005,
@@ -197,8 +202,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-scratch": {
         "model.name": "maskrcnn",
         "model.backbone": "resnet18",
-        "model.weights": "none",
-        "model.weights_backbone": "none",
         "model.norm": "gn",
         "model.fpn_channels": 128,
         "model.fpn_levels": 3,
@@ -209,12 +212,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model.mask_hidden": 128,
         "model.anchor_sizes": [32, 64, 128, 256],
         "model.aspect_ratios": [1.0, 2.0, 3.0],
-        "model.min_size": 320,
-        "model.max_size": 512,
-        "model.rpn_pre_nms_top_n_train": 600,
-        "model.rpn_post_nms_top_n_train": 300,
-        "model.rpn_pre_nms_top_n_test": 300,
-        "model.rpn_post_nms_top_n_test": 150,
+        **_CPU_INPUT,
         "model.box_batch_size_per_image": 64,  # the mask head runs on every positive RoI: fewer, faster steps
         "train.batch_size": 4,
         "train.optimizer": "adamw",

@@ -38,14 +38,14 @@ class SleepyDetector(nn.Module):
 def budget_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     data = make_mask_folder(tmp_path / "data", n=6)
 
-    def run(model: nn.Module, **extra) -> Trainer:
+    def run(model: nn.Module, hooks=(), **extra) -> Trainer:
         monkeypatch.setattr(trainer_module, "build_from_config", lambda *a, **k: model)
         cfg = configure(("test", {"data.path": str(data), "train.out": str(tmp_path / "run"), "train.epochs": 50,
                                   "train.batch_size": 1, "data.test_size": 2, "train.lr": 0.1,
                                   "train.warmup_iters": 0, "train.tensorboard": False, "train.print_freq": 100,
                                   "model.weights": "none", "model.weights_backbone": "none", "train.augment": [],
                                   **extra}))
-        trainer = Trainer(cfg)
+        trainer = Trainer(cfg, hooks)
         trainer.fit()
         return trainer
 
@@ -98,6 +98,24 @@ def test_fit_to_time_limit_sizes_the_cosine_schedule(budget_run, monkeypatch: py
     assert trainer.step <= steps and len(trainer.history) <= trainer.cfg.train.epochs
     if trainer.step == steps:  # ended by the fitted schedule: the rate has come down to 0
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_resumed_run_keeps_the_fitted_schedule(budget_run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from segtune.engine.hooks import CallbackHook
+
+    monkeypatch.setattr(trainer_module, "CALIBRATE_STEPS", (1, 3))
+    settings = {"train.time_limit": 2.0 / 60, "train.fit_to_time_limit": True, "train.schedule": "cosine",
+                "train.repeat": 10}
+    stop = CallbackHook({"after_step": lambda trainer, step, losses: setattr(trainer, "stop_training", step >= 4)})
+    first = budget_run(SleepyDetector(0.02), hooks=[stop], **settings)
+    assert first.step == 4 and first.max_steps is not None and not first.history  # stopped inside epoch 0
+    state = torch.load(tmp_path / "run" / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["max_steps"] == first.max_steps and state["train_time_s"] > 0
+    resumed = budget_run(SleepyDetector(0.02), **settings, **{"train.resume": str(tmp_path / "run")})
+    assert resumed.cfg.train.epochs == state["epochs"]
+    assert resumed.max_steps == first.max_steps  # not timed again: the schedule's length stays
+    assert resumed.scheduler.lr_lambdas[0].total_iters == first.max_steps
+    assert resumed.step <= first.max_steps and resumed.history[-1]["train_time_s"] >= state["train_time_s"]
 
 
 def test_fit_to_time_limit_needs_a_limit(tmp_path: Path) -> None:

@@ -326,9 +326,9 @@ class Trainer:
             if last_of_group:
                 self._optimizer_step()
             report.step(i, values, lr)
-            # A stop takes effect between optimiser steps, never inside an accumulation group.
             if last_of_group and cfg.train.fit_to_time_limit:
                 self._calibrate()
+            # A stop takes effect between optimiser steps, never inside an accumulation group.
             if last_of_group and i < self.iters and not self._signal and self._out_of_budget():
                 # The time limit (or the fitted schedule) ends training here; this part-epoch is evaluated
                 # and saved as the last one.
