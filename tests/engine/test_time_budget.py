@@ -13,7 +13,9 @@ from torch import nn
 from segtune.data.samplers import RepeatSampler
 from segtune.engine import configure
 from segtune.engine import trainer as trainer_module
-from segtune.engine.trainer import Stopwatch, Trainer
+from segtune.engine import budget as budget_module
+from segtune.engine.budget import Stopwatch
+from segtune.engine.trainer import Trainer
 from tests.conftest import make_mask_folder
 
 
@@ -88,7 +90,7 @@ def test_time_limit_stops_mid_epoch_evaluates_and_saves(budget_run, tmp_path: Pa
 
 
 def test_fit_to_time_limit_sizes_the_cosine_schedule(budget_run, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(trainer_module, "CALIBRATE_STEPS", (2, 6))
+    monkeypatch.setattr(budget_module, "CALIBRATE_STEPS", (2, 6))
     trainer = budget_run(SleepyDetector(0.04), **{"train.time_limit": 1.2 / 60, "train.fit_to_time_limit": True,
                                                   "train.schedule": "cosine", "train.repeat": 3})
     steps = trainer.max_steps
@@ -103,7 +105,7 @@ def test_fit_to_time_limit_sizes_the_cosine_schedule(budget_run, monkeypatch: py
 def test_a_resumed_run_keeps_the_fitted_schedule(budget_run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from segtune.engine.hooks import CallbackHook
 
-    monkeypatch.setattr(trainer_module, "CALIBRATE_STEPS", (1, 3))
+    monkeypatch.setattr(budget_module, "CALIBRATE_STEPS", (1, 3))
     settings = {"train.time_limit": 2.0 / 60, "train.fit_to_time_limit": True, "train.schedule": "cosine",
                 "train.repeat": 10}
     stop = CallbackHook({"after_step": lambda trainer, step, losses: setattr(trainer, "stop_training", step >= 4)})

@@ -27,6 +27,7 @@ from segtune.data import (build_collate, build_dataset, check_dataset, make_spli
                           save_split)
 from segtune.data.build import build_loader
 from segtune.engine import distributed as dist
+from segtune.engine.budget import Stopwatch, TimeBudget
 from segtune.engine.ema import ModelEMA
 from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook, select_metric
 from segtune.engine.logger import EpochReporter
@@ -41,10 +42,6 @@ from segtune.runtime import default_workers, seed_everything, seed_worker
 
 logger = logging.getLogger("segtune.train")
 
-#: ``train.fit_to_time_limit`` times the optimiser steps between these two (the first ones are slow).
-CALIBRATE_STEPS = (5, 25)
-
-
 @dataclass
 class TrainResult:
     """What :func:`train` returns: the run folder, the best and last evaluation, every epoch's record."""
@@ -57,34 +54,6 @@ class TrainResult:
     @property
     def last_metrics(self) -> dict[str, dict[str, float]]:
         return self.history[-1]["metrics"] if self.history else {}
-
-
-class Stopwatch:
-    """Seconds spent training (steps and data), not evaluating; can be paused by a hook that does other work."""
-
-    def __init__(self, elapsed: float = 0.0) -> None:
-        self._elapsed, self._since = elapsed, None
-
-    @property
-    def elapsed(self) -> float:
-        return self._elapsed + (time.perf_counter() - self._since if self._since is not None else 0.0)
-
-    def start(self) -> None:
-        if self._since is None:
-            self._since = time.perf_counter()
-
-    def stop(self) -> None:
-        self._elapsed, self._since = self.elapsed, None
-
-    @contextlib.contextmanager
-    def paused(self) -> Any:
-        running = self._since is not None
-        self.stop()
-        try:
-            yield
-        finally:
-            if running:
-                self.start()
 
 
 class Trainer:
@@ -101,9 +70,17 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = self.step = 0
         self._signal: str | None = None
-        self.clock = Stopwatch()  # training time; hooks that evaluate on their own pause it
-        self.max_steps: int | None = None  # set by fit_to_time_limit: the schedule ends at this step
-        self._calibration_start: float | None = None
+        self.budget = TimeBudget(None)  # set up from train.time_limit in fit()
+
+    @property
+    def clock(self) -> Stopwatch:
+        """The training-time clock; a hook that evaluates on its own pauses it (``with trainer.clock.paused()``)."""
+        return self.budget.clock
+
+    @property
+    def max_steps(self) -> int | None:
+        """The step where the schedule fitted to the time limit ends (``train.fit_to_time_limit``), else None."""
+        return self.budget.max_steps
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -180,6 +157,8 @@ class Trainer:
         if self.ddp is not model:
             self.model = self.ddp.module  # SyncBatchNorm conversion may have made a new module
         self.start_iteration = 0
+        self.budget = TimeBudget(cfg.train.time_limit, fit=cfg.train.fit_to_time_limit,
+                                 share=dist.broadcast_object if self.dist.world_size > 1 else lambda value: value)
         if resume is not None:
             self._load_resume(resume)
 
@@ -204,9 +183,10 @@ class Trainer:
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.start_iteration = int(ckpt.get("iteration", 0))
         self.history = list(ckpt.get("history", []))
-        self.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
+        self.budget.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
         if ckpt.get("max_steps") is not None:  # the schedule was fitted to the time limit before the stop
-            self.max_steps = int(ckpt["max_steps"])
+            self.budget.max_steps = int(ckpt["max_steps"])
+            self.budget.fit = False  # keep that length
             self.cfg.train.epochs = int(ckpt["epochs"])
         self.resumed_from = ckpt["path"]
         if "rng" in ckpt:
@@ -291,14 +271,6 @@ class Trainer:
         finally:
             self.clock.stop()
 
-    def _out_of_time(self) -> bool:
-        """Whether ``train.time_limit`` minutes of training are spent (rank 0's clock decides for every process)."""
-        limit = self.cfg.train.time_limit
-        if limit is None:
-            return False
-        over = self.clock.elapsed >= limit * 60.0
-        return bool(dist.broadcast_object(over)) if self.dist.world_size > 1 else over
-
     def _train_iterations(self, epoch: int, loader: torch.utils.data.DataLoader,
                           report: EpochReporter) -> dict[str, float] | None:
         cfg = self.cfg
@@ -326,60 +298,36 @@ class Trainer:
             if last_of_group:
                 self._optimizer_step()
             report.step(i, values, lr)
-            if last_of_group and cfg.train.fit_to_time_limit:
-                self._calibrate()
+            if last_of_group:
+                self._fit_schedule(self.budget.refit(self.step))
             # A stop takes effect between optimiser steps, never inside an accumulation group.
-            if last_of_group and i < self.iters and not self._signal and self._out_of_budget():
+            if last_of_group and i < self.iters and not self._signal and self.budget.spent(self.step):
                 # The time limit (or the fitted schedule) ends training here; this part-epoch is evaluated
                 # and saved as the last one.
-                logger.info("%s at epoch %d, iteration %d of %d: evaluating and stopping", self._budget_reason(),
-                            epoch, i, self.iters)
+                logger.info("%s at epoch %d, iteration %d of %d: evaluating and stopping",
+                            self.budget.reason(self.step), epoch, i, self.iters)
                 self.stop_training = True
                 return report.close()
             if (self._signal or self.stop_training) and last_of_group and i < self.iters:
                 report.close()
                 self._interrupt(epoch, i)
                 return None
-        if self._out_of_budget() and self.epoch + 1 < cfg.train.epochs:
-            logger.info("%s at the end of epoch %d: stopping", self._budget_reason(), epoch)
+        if self.budget.spent(self.step) and self.epoch + 1 < cfg.train.epochs:
+            logger.info("%s at the end of epoch %d: stopping", self.budget.reason(self.step), epoch)
             self.stop_training = True
         return report.close()
 
-    def _out_of_budget(self) -> bool:
-        return self._out_of_time() or (self.max_steps is not None and self.step >= self.max_steps)
-
-    def _budget_reason(self) -> str:
-        if self.max_steps is not None and self.step >= self.max_steps:
-            return f"the schedule fitted to the time limit ends at step {self.max_steps}"
-        return f"time limit of {self.cfg.train.time_limit:g} min reached"
-
-    def _calibrate(self) -> None:
-        """``train.fit_to_time_limit``: time the steps, and end the schedule where the time limit falls.
-
-        First fitted after ``CALIBRATE_STEPS[1]`` steps, then again after 2x, 4x, ... as many, each
-        time from the mean step time since step ``CALIBRATE_STEPS[0]`` (so a passing slowdown of the
-        machine does not fix the length). The cosine schedule is stretched or shrunk to the steps that
-        fit, ``train.epochs`` becomes the epochs they span, and training stops at that step (or at the
-        limit, if slower after all). Rank 0's timing decides for every process; a resumed run keeps the
-        fitted length.
-        """
-        first, last = CALIBRATE_STEPS
-        if self.step == first:
-            self._calibration_start = self.clock.elapsed
-        rounds = self.step // last
-        if self._calibration_start is None or self.step % last or rounds & (rounds - 1):  # at last x 1, 2, 4, ...
+    def _fit_schedule(self, fitted: tuple[int, float] | None) -> None:
+        """End the cosine schedule and the epochs at the step the time budget just fitted (None: nothing new)."""
+        if fitted is None:
             return
-        seconds = (self.clock.elapsed - self._calibration_start) / (self.step - first)
-        if self.dist.world_size > 1:
-            seconds = float(dist.broadcast_object(seconds))
-        remaining = self.cfg.train.time_limit * 60.0 - self.clock.elapsed
-        self.max_steps = self.step + max(0, int(remaining / seconds))
+        max_steps, seconds = fitted
         steps_per_epoch = math.ceil(self.iters / self.accumulate)
-        self.cfg.train.epochs = max(1, math.ceil(self.max_steps / steps_per_epoch))
+        self.cfg.train.epochs = max(1, math.ceil(max_steps / steps_per_epoch))
         for factor in self.scheduler.lr_lambdas:
-            factor.total_iters = self.max_steps
+            factor.total_iters = max_steps
         logger.info("fit to the time limit of %g min: %.2f s per step, so %d steps (%d epochs of %d) fit; the %s "
-                    "schedule ends there", self.cfg.train.time_limit, seconds, self.max_steps, self.cfg.train.epochs,
+                    "schedule ends there", self.cfg.train.time_limit, seconds, max_steps, self.cfg.train.epochs,
                     steps_per_epoch, self.cfg.train.schedule)
 
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -1,0 +1,91 @@
+"""Owns training-time budgets: the training clock, ``train.time_limit``, and fitting the schedule to it."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+#: ``fit_to_time_limit`` times the optimiser steps from the first of these; it fits the schedule after
+#: the second, then again after 2x, 4x, ... as many (the first steps are slow).
+CALIBRATE_STEPS = (5, 25)
+
+
+class Stopwatch:
+    """Seconds spent training (steps and data), not evaluating; can be paused by a hook that does other work."""
+
+    def __init__(self, elapsed: float = 0.0) -> None:
+        self._elapsed, self._since = elapsed, None
+
+    @property
+    def elapsed(self) -> float:
+        return self._elapsed + (time.perf_counter() - self._since if self._since is not None else 0.0)
+
+    def start(self) -> None:
+        if self._since is None:
+            self._since = time.perf_counter()
+
+    def stop(self) -> None:
+        self._elapsed, self._since = self.elapsed, None
+
+    @contextlib.contextmanager
+    def paused(self) -> Any:
+        running = self._since is not None
+        self.stop()
+        try:
+            yield
+        finally:
+            if running:
+                self.start()
+
+
+class TimeBudget:
+    """A limit on training time and, with ``fit``, the step where the schedule fitted to it ends.
+
+    Fitting times the steps since :data:`CALIBRATE_STEPS` ``[0]`` and, at ``CALIBRATE_STEPS[1]`` x 1,
+    2, 4, ... steps, sets ``max_steps`` to the steps that fit in the time left (so a passing slowdown
+    of the machine does not fix the length). After a resume ``max_steps`` stays as it was fitted.
+
+    Args:
+        limit_min: minutes of training; None = no limit (and nothing to fit).
+        fit: fit ``max_steps`` to the limit.
+        elapsed: training seconds already spent (a resumed run).
+        max_steps: a length fitted before (a resumed run).
+        share: makes one process's value everyone's (rank 0's under torch.distributed); identity alone.
+    """
+
+    def __init__(self, limit_min: float | None, *, fit: bool = False, elapsed: float = 0.0,
+                 max_steps: int | None = None, share: Callable[[Any], Any] = lambda value: value) -> None:
+        self.limit_s = None if limit_min is None else limit_min * 60.0
+        self.fit = fit and limit_min is not None
+        self.clock = Stopwatch(elapsed)
+        self.max_steps = max_steps
+        self._share = share
+        self._start: float | None = None
+
+    def out_of_time(self) -> bool:
+        return self.limit_s is not None and bool(self._share(self.clock.elapsed >= self.limit_s))
+
+    def spent(self, step: int) -> bool:
+        """Whether training should stop after optimiser step ``step``: the limit passed, or the fitted end."""
+        return (self.max_steps is not None and step >= self.max_steps) or self.out_of_time()
+
+    def reason(self, step: int) -> str:
+        if self.max_steps is not None and step >= self.max_steps:
+            return f"the schedule fitted to the time limit ends at step {self.max_steps}"
+        return f"time limit of {self.limit_s / 60:g} min reached"
+
+    def refit(self, step: int) -> tuple[int, float] | None:
+        """After optimiser step ``step``: ``(max_steps, seconds per step)`` when the length was fitted now, else None."""
+        if not self.fit:
+            return None
+        first, last = CALIBRATE_STEPS
+        if step == first:
+            self._start = self.clock.elapsed
+        rounds = step // last
+        if self._start is None or step % last or rounds & (rounds - 1):  # at last x 1, 2, 4, ...
+            return None
+        seconds = float(self._share((self.clock.elapsed - self._start) / (step - first)))
+        self.max_steps = step + max(0, int((self.limit_s - self.clock.elapsed) / seconds))
+        return self.max_steps, seconds
