@@ -102,6 +102,22 @@ def test_fit_to_time_limit_sizes_the_cosine_schedule(budget_run, monkeypatch: py
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_progress_eta_counts_to_the_fitted_end_not_the_epoch_end(
+        budget_run, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import re
+
+    monkeypatch.setattr(budget_module, "CALIBRATE_STEPS", (2, 6))
+    with caplog.at_level(logging.INFO, logger="segtune.train"):
+        trainer = budget_run(SleepyDetector(0.02), **{"train.time_limit": 2.0 / 60, "train.fit_to_time_limit": True,
+                                                      "train.repeat": 100, "train.print_freq": 5})
+    assert trainer.iters == 400 and trainer.max_steps is not None and trainer.max_steps < 200
+    etas = [sum(int(p) * f for p, f in zip(m.group(1).split(":"), (3600, 60, 1)))
+            for m in re.finditer(r"eta: (\d+:\d\d:\d\d)", caplog.text)]
+    # The whole epoch (400 x 0.02 s) would read 0:00:08; the time limit and the fitted end say at most 2 s.
+    assert len(etas) >= 5 and max(etas) <= 2
+
+
 def test_a_resumed_run_keeps_the_fitted_schedule(budget_run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from segtune.engine.hooks import CallbackHook
 

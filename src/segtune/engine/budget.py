@@ -67,6 +67,10 @@ class TimeBudget:
     def out_of_time(self) -> bool:
         return self.limit_s is not None and bool(self._share(self.clock.elapsed >= self.limit_s))
 
+    def seconds_left(self) -> float:
+        """Training seconds left before the limit (infinite without one)."""
+        return float("inf") if self.limit_s is None else self.limit_s - self.clock.elapsed
+
     def spent(self, step: int) -> bool:
         """Whether training should stop after optimiser step ``step``: the limit passed, or the fitted end."""
         return (self.max_steps is not None and step >= self.max_steps) or self.out_of_time()

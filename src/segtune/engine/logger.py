@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 
 import torch
 
@@ -49,6 +50,10 @@ class EpochReporter:
         (processes other than the first in distributed training)."""
         self.epoch, self.total, self.device, self.print_freq = epoch, total, device, print_freq
         self.first, self.enabled = start, enabled
+        #: the iteration this epoch is expected to end at (a time budget may end it before ``total``)
+        self.end = total
+        #: training seconds left under a time limit (None: no limit); the ETA never exceeds it
+        self.time_left: Callable[[], float] | None = None
         self.meters: dict[str, Smoothed] = {}
         self.iter_time, self.data_time = Smoothed(), Smoothed()
         self.start = self.last = time.perf_counter()
@@ -75,7 +80,9 @@ class EpochReporter:
             self._line(i, lr)
 
     def _line(self, i: int, lr: float) -> None:
-        eta = self.iter_time.global_avg * (self.total - i)
+        eta = self.iter_time.global_avg * max(0, self.end - i)
+        if self.time_left is not None:
+            eta = min(eta, max(0.0, self.time_left()))
         terms = "  ".join(f"{k}: {m.median:.4f} ({m.global_avg:.4f})" for k, m in self.meters.items())
         logger.info(
             "Epoch: [%d]  [%*d/%d]  eta: %s  lr: %.6f  %s  time: %.4f  data: %.4f  max mem: %.0f MB",

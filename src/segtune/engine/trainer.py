@@ -265,6 +265,9 @@ class Trainer:
         loader = build_loader_from_batches(self.loader, batches[self.start_iteration:], self.generator)
         report = EpochReporter(epoch, self.iters, device=self.device, print_freq=cfg.train.print_freq,
                                start=self.start_iteration, enabled=self.main)
+        if self.budget.limit_s is not None:
+            report.time_left = self.budget.seconds_left
+        report.end = self._epoch_end(self.start_iteration)
         self.clock.start()
         try:
             return self._train_iterations(epoch, loader, report)
@@ -300,6 +303,7 @@ class Trainer:
             report.step(i, values, lr)
             if last_of_group:
                 self._fit_schedule(self.budget.refit(self.step))
+                report.end = self._epoch_end(i)
             # A stop takes effect between optimiser steps, never inside an accumulation group.
             if last_of_group and i < self.iters and not self._signal and self.budget.spent(self.step):
                 # The time limit (or the fitted schedule) ends training here; this part-epoch is evaluated
@@ -316,6 +320,12 @@ class Trainer:
             logger.info("%s at the end of epoch %d: stopping", self.budget.reason(self.step), epoch)
             self.stop_training = True
         return report.close()
+
+    def _epoch_end(self, i: int) -> int:
+        """The iteration this epoch ends at, given ``i`` done and the budget's fitted end (if any)."""
+        if self.budget.max_steps is None:
+            return self.iters
+        return min(self.iters, i + max(0, self.budget.max_steps - self.step) * self.accumulate)
 
     def _fit_schedule(self, fitted: tuple[int, float] | None) -> None:
         """End the cosine schedule and the epochs at the step the time budget just fitted (None: nothing new)."""
