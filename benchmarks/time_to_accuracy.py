@@ -95,12 +95,13 @@ def run_one(recipe: str, seed: int, minutes: float, eval_every: float, sets: dic
     wall = time.perf_counter() - wall
     curve = scorer.points + [point(r["train_time_s"], r["step"], r["metrics"]) for r in result.history]
     curve.sort(key=lambda p: p["minutes"])
+    best = next(r for r in result.history if r["epoch"] == result.best_epoch)  # the epoch best.pt holds
     last = point(result.history[-1]["train_time_s"], result.history[-1]["step"], result.last_metrics)
     return {
         "recipe": recipe, "seed": seed, "budget_min": minutes, "overrides": sets, "run_dir": str(result.run_dir),
         "config": yaml.safe_load((result.run_dir / "config.yaml").read_text()),
         "steps": trainer.step, "train_minutes": last["minutes"], "wall_minutes": round(wall / 60.0, 2),
-        "final": last, "best": point(0.0, 0, result.best_metrics) | {"epoch": result.best_epoch},
+        "final": last, "best": point(best["train_time_s"], best["step"], result.best_metrics) | {"epoch": result.best_epoch},
         "curve": curve,
         "segm_first_reached_min": first_reached(curve, "segm_AP"),
         "bbox_first_reached_min": first_reached(curve, "bbox_AP"),
@@ -136,6 +137,38 @@ def show_log() -> None:
               f"{rate:.2f} | {r['final'].get('bbox_AP', 0):.3f} | {r['final'].get('segm_AP', 0):.3f} |")
 
 
+def summarise(runs: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
+    """Print, per recipe, the AP at the end of the budget over the seeds (mean ± sd) and when each seed
+    first reached segm AP 0.1 / 0.2 / 0.3; return the same as a dict."""
+    summary = {}
+    print(f"\n| recipe | seeds | segm AP at {minutes:g} min | bbox AP | steps | segm AP 0.1 / 0.2 / 0.3 first at (min) |")
+    print("|---|---|---|---|---|---|")
+    for recipe in dict.fromkeys(r["recipe"] for r in runs):
+        mine = [r for r in runs if r["recipe"] == recipe]
+        segm = [r["final"].get("segm_AP", 0.0) for r in mine]
+        bbox = [r["final"].get("bbox_AP", 0.0) for r in mine]
+        reached = "; ".join(" / ".join("-" if r["segm_first_reached_min"][k] is None else f"{r['segm_first_reached_min'][k]:.0f}"
+                                       for k in ("0.1", "0.2", "0.3")) for r in mine)
+        summary[recipe] = {"seeds": [r["seed"] for r in mine], "segm_AP": segm, "bbox_AP": bbox,
+                           "segm_mean": statistics.mean(segm), "bbox_mean": statistics.mean(bbox)}
+        print(f"| {recipe} | {', '.join(str(r['seed']) for r in mine)} | {spread(segm)} | {spread(bbox)} | "
+              f"{', '.join(str(r['steps']) for r in mine)} | {reached} |")
+    return summary
+
+
+def combine(tags: list[str], out_tag: str) -> None:
+    """Summarise runs written by earlier invocations (e.g. one seed per session) as one result file."""
+    results = [json.loads((RESULTS / "time_to_accuracy" / f"{tag}.json").read_text()) for tag in tags]
+    budgets = {r["budget_min"] for r in results}
+    if len(budgets) != 1:
+        sys.exit(f"--combine: the runs have different budgets {sorted(budgets)}; compare like with like")
+    runs = [run for result in results for run in result["runs"]]
+    summary = summarise(runs, budgets.pop())
+    path = write_result(f"time_to_accuracy/{out_tag}.json", {"budget_min": results[0]["budget_min"], "combined": tags,
+                                                             "summary": summary, "runs": runs})
+    print(f"\nwrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="training-time budget per run (default 60)")
@@ -149,9 +182,15 @@ def main() -> None:
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--out", default="runs/benchmarks/time_to_accuracy", help="run folders (weights, logs)")
     parser.add_argument("--show-log", action="store_true", help="only print the log of every run so far as a table")
+    parser.add_argument("--combine", nargs="+", metavar="TAG", help="only summarise the result files of these tags "
+                        "(runs made by separate invocations, e.g. one seed at a time) into results/time_to_accuracy/"
+                        "TAG.json for --tag")
     args = parser.parse_args()
     if args.show_log:
         show_log()
+        return
+    if args.combine:
+        combine(args.combine, args.tag)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
@@ -168,19 +207,7 @@ def main() -> None:
             runs.append(run)
             append_record("recipe_search.jsonl", {k: v for k, v in run.items() if k != "curve"})
             print(f"   {run['steps']} steps in {run['train_minutes']:.1f} min: {fmt(run['final'])}", flush=True)
-    summary = {}
-    print(f"\n| recipe | seeds | segm AP at {args.minutes:g} min | bbox AP | steps | segm AP 0.1 / 0.2 / 0.3 first at (min) |")
-    print("|---|---|---|---|---|---|")
-    for recipe in recipes:
-        mine = [r for r in runs if r["recipe"] == recipe]
-        segm = [r["final"].get("segm_AP", 0.0) for r in mine]
-        bbox = [r["final"].get("bbox_AP", 0.0) for r in mine]
-        reached = "; ".join(" / ".join("-" if r["segm_first_reached_min"][k] is None else f"{r['segm_first_reached_min'][k]:.0f}"
-                                       for k in ("0.1", "0.2", "0.3")) for r in mine)
-        summary[recipe] = {"segm_AP": segm, "bbox_AP": bbox, "segm_mean": statistics.mean(segm),
-                           "bbox_mean": statistics.mean(bbox)}
-        print(f"| {recipe} | {len(mine)} | {spread(segm)} | {spread(bbox)} | "
-              f"{', '.join(str(r['steps']) for r in mine)} | {reached} |")
+    summary = summarise(runs, args.minutes)
     path = write_result(f"time_to_accuracy/{args.tag}.json", {"budget_min": args.minutes, "overrides": sets,
                                                               "presets": {r: PRESETS.get(RECIPES[r]["train.preset"], {})
                                                                           for r in recipes},

@@ -65,3 +65,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     ckpt["path"] = str(path)
     return ckpt
+
+
+def keypoint_info(dataset: Any) -> dict[str, Any]:
+    """The checkpoint's keypoint keys: ``num_keypoints``, ``keypoint_names``, ``skeleton`` (COCO's 1-based pairs).
+
+    ``num_keypoints`` is what :func:`segtune.models.model_from_checkpoint` rebuilds the keypoint head
+    with; names and skeleton let ``segtune predict`` label and draw them. Empty values without keypoints.
+    """
+    names = list(dataset.keypoint_names or [])
+    count = len(names) or int(getattr(dataset, "num_keypoints", 0) or 0)
+    return {"num_keypoints": count, "keypoint_names": names,
+            "skeleton": [list(pair) for pair in (dataset.skeleton or [])]}

@@ -81,6 +81,14 @@ def seed_worker(worker_id: int) -> None:
 worker_init_fn = seed_worker
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX); False when torch cannot tell."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak memory so far: CUDA allocator peak on a GPU, the process's peak RSS on CPU."""
     if device.type == "cuda":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -120,9 +121,15 @@ def test_early_stopping_ends_the_run(data: Path, tmp_path: Path) -> None:
     assert 2 <= len(result.history) < 6
 
 
-def test_bf16_autocast_on_cpu_trains(data: Path, tmp_path: Path) -> None:
-    result = train(configure(("test", settings(data, tmp_path / "run", **{"train.amp": "bf16", "train.epochs": 1}))))
+def test_bf16_autocast_on_cpu_trains_and_warns_where_the_cpu_lacks_bf16(
+        data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from segtune.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)  # as on a CPU without AVX-512 BF16
+    with caplog.at_level(logging.WARNING, logger="segtune.train"):
+        result = train(configure(("test", settings(data, tmp_path / "run", **{"train.amp": "bf16", "train.epochs": 1}))))
     assert torch.isfinite(torch.tensor(result.history[0]["train"]["loss"]))
+    assert "no native bfloat16 instructions" in caplog.text and "--amp none" in caplog.text
 
 
 def test_fp16_on_cpu_is_a_clear_error(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

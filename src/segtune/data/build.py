@@ -110,3 +110,11 @@ def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: b
         dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         generator=generator, worker_init_fn=worker_init_fn, persistent_workers=False,
     )
+
+
+def build_loader_from_batches(template: DataLoader, batches: list[list[int]], generator: torch.Generator) -> DataLoader:
+    """A loader over fixed ``batches`` of indices with ``template``'s data set, workers and collate
+    (a resumed epoch skips the batches already done without loading them)."""
+    return DataLoader(
+        template.dataset, batch_sampler=batches, num_workers=template.num_workers, collate_fn=template.collate_fn,
+        generator=generator, worker_init_fn=template.worker_init_fn, persistent_workers=False)

@@ -21,16 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from segtune.checkpoint import save_checkpoint
+from segtune.checkpoint import keypoint_info, save_checkpoint
 from segtune.config import Config, dump_yaml, resolve_data_path
 from segtune.data import (build_collate, build_dataset, check_dataset, make_split, open_dataset, raise_on_errors,
                           save_split)
-from segtune.data.build import build_loader
+from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.engine import distributed as dist
 from segtune.engine.budget import Stopwatch, TimeBudget
 from segtune.engine.ema import ModelEMA
 from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook, select_metric
-from segtune.engine.logger import EpochReporter
+from segtune.engine.logger import EpochReporter, log_setting_notes
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from segtune.engine.run import CONFIG_FILE, SPLIT_FILE, attach_log_file, detach_log_file, new_run_dir, write_metrics
 from segtune.engine.state import capture_rng, find_resume_checkpoint, load_resume_state, restore_rng
@@ -38,7 +38,7 @@ from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.fileio import write_text
 from segtune.models import MODELS, build_from_config
-from segtune.runtime import default_workers, seed_everything, seed_worker
+from segtune.runtime import cpu_has_native_bf16, default_workers, seed_everything, seed_worker
 
 logger = logging.getLogger("segtune.train")
 
@@ -109,7 +109,7 @@ class Trainer:
         spec = MODELS.get(cfg.model.name)
         if spec.has_masks and not full.has_masks:
             raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
-        keypoints = _keypoint_info(full)
+        keypoints = keypoint_info(full)
         if spec.has_keypoints and not keypoints["num_keypoints"]:
             raise ConfigError(f"{full.root}: the data set has no keypoints, but {cfg.model.name} needs them (a COCO "
                               f"person-keypoints file: 'keypoints' in its categories and annotations)")
@@ -474,60 +474,13 @@ class Trainer:
                         self.start_iteration, self.step)
         logger.info("data: %s (%s format): %d images, %d instances, classes %s", self.full.root, self.full.format,
                     self.report.images, self.report.instances, cfg.data.classes)
-        _log_setting_notes(cfg, self.device)
+        log_setting_notes(cfg, self.device)
         if self.dist.world_size > 1:
             logger.info("distributed: %d processes (%s)", self.dist.world_size, self.dist.backend)
         logger.info("split: %d train / %d test images (seed %d, saved in %s)", len(self.train_ds), len(self.test_ds),
                     cfg.data.split_seed, self.run_dir / SPLIT_FILE)
         logger.info("schedule: %d epochs x %d iterations, batch %d%s", cfg.train.epochs, self.iters,
                     cfg.train.batch_size, f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else "")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX); False when torch cannot tell."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def _keypoint_info(dataset: Any) -> dict[str, Any]:
-    """The checkpoint's keypoint keys: ``num_keypoints``, ``keypoint_names``, ``skeleton`` (COCO's 1-based pairs).
-
-    ``num_keypoints`` is what :func:`segtune.models.model_from_checkpoint` rebuilds the keypoint head
-    with; names and skeleton let ``segtune predict`` label and draw them. Empty values without keypoints.
-    """
-    names = list(dataset.keypoint_names or [])
-    count = len(names) or int(getattr(dataset, "num_keypoints", 0) or 0)
-    return {"num_keypoints": count, "keypoint_names": names,
-            "skeleton": [list(pair) for pair in (dataset.skeleton or [])]}
-
-
-def build_loader_from_batches(template: torch.utils.data.DataLoader, batches: list[list[int]],
-                              generator: torch.Generator) -> torch.utils.data.DataLoader:
-    """A loader over fixed ``batches`` of indices with ``template``'s data set, workers and collate."""
-    return torch.utils.data.DataLoader(
-        template.dataset, batch_sampler=batches, num_workers=template.num_workers, collate_fn=template.collate_fn,
-        generator=generator, worker_init_fn=template.worker_init_fn, persistent_workers=False)
-
-
-def _log_setting_notes(cfg: Config, device: torch.device) -> None:
-    """Say plainly what this run could not use (pretrained weights, a GPU) and what that means."""
-    if cfg.model.weights in ("none", "None", "") and cfg.model.weights_backbone in ("none", "None", ""):
-        if cfg.train.preset == "cpu-scratch":
-            expect = ("the cpu-scratch recipe is made for this: on 2 CPU cores it reaches about 0.3 segm AP on "
-                      "Penn-Fudan in 8 minutes (README 'The CPU recipe' has the hour's figures)")
-        else:
-            expect = "a detector needs many epochs to learn from scratch: expect AP near 0 after a short run"
-        logger.warning(
-            "NOTE: training from random initialisation (no pretrained weights); %s. With COCO weights "
-            "(--weights DEFAULT, needs network once or the file in the torch hub cache) the tutorial "
-            "recipe reaches about 0.8 bbox AP on Penn-Fudan.", expect
-        )
-    if device.type == "cpu":
-        logger.info("device: CPU (%d threads); no GPU in use", torch.get_num_threads())
-    else:
-        logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
 
 
 def train(cfg: Config, hooks: Sequence[Hook] = ()) -> TrainResult:
