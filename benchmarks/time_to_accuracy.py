@@ -57,7 +57,8 @@ class ScoreEvery(Hook):
         self.points: list[dict[str, Any]] = []
 
     def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
-        if trainer.clock.elapsed < self.next:
+        # Where the budget ends training, the epoch end scores the same weights: no need to score twice.
+        if trainer.clock.elapsed < self.next or trainer.budget.spent(step):
             return
         with trainer.clock.paused():
             report = evaluate_model(trainer.model, trainer.test_ds, trainer.cfg.data.classes, device=trainer.device,
@@ -93,8 +94,10 @@ def run_one(recipe: str, seed: int, minutes: float, eval_every: float, sets: dic
     wall = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - wall
-    curve = scorer.points + [point(r["train_time_s"], r["step"], r["metrics"]) for r in result.history]
-    curve.sort(key=lambda p: p["minutes"])
+    # One point per step, in step order: where the timer and an epoch end scored the same step, the epoch's.
+    by_step = {p["step"]: p for p in scorer.points}
+    by_step.update({r["step"]: point(r["train_time_s"], r["step"], r["metrics"]) for r in result.history})
+    curve = [by_step[step] for step in sorted(by_step)]
     best = next(r for r in result.history if r["epoch"] == result.best_epoch)  # the epoch best.pt holds
     last = point(result.history[-1]["train_time_s"], result.history[-1]["step"], result.last_metrics)
     return {

@@ -1,0 +1,68 @@
+"""The time-to-accuracy benchmark's own logic on a tiny synthetic data set: one run under a budget of a
+few seconds (the curve it records, each step scored once), and ``--combine`` of runs made by separate
+invocations. Speed figures are the benchmark's job, never a test's."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL, make_mask_folder
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def tta(monkeypatch, tmp_path):
+    """benchmarks/time_to_accuracy.py as a module, its results written under tmp_path."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    common = importlib.import_module("common")
+    module = importlib.import_module("time_to_accuracy")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(module, "RESULTS", tmp_path / "results")
+    yield module
+    sys.modules.pop("time_to_accuracy", None)
+
+
+def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path):
+    data = make_mask_folder(tmp_path / "data", n=6)
+    sets = {**TINY_MODEL, "data.test_size": 2, "train.batch_size": 2, "train.repeat": 1, "data.workers": 0}
+    run = tta.run_one("cpu-scratch", 0, minutes=0.08, eval_every=0.01, sets=sets, data=str(data),
+                      out=str(tmp_path / "runs"))
+    curve = run["curve"]
+    steps = [p["step"] for p in curve]
+    assert len(curve) >= 2 and steps == sorted(steps)
+    # The step the budget ends at is scored by the epoch end alone, not also by the benchmark's timer.
+    assert len(steps) == len(set(steps)), steps
+    assert run["final"]["step"] == run["steps"] == steps[-1]
+    assert 0.0 < run["train_minutes"] <= 0.08 + 0.05
+    assert set(run["final"]) == {"minutes", "step", "bbox_AP", "segm_AP"}
+    assert run["segm_first_reached_min"].keys() == {f"{v:.1f}" for v in tta.LEVELS}
+    assert Path(run["run_dir"], "weights", "best.pt").is_file()
+
+
+def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tmp_path, capsys):
+    def result(tag: str, seed: int, segm: float, budget: float = 60.0) -> None:
+        run = {"recipe": "cpu-scratch", "seed": seed, "budget_min": budget, "steps": 100 + seed,
+               "final": {"minutes": budget, "step": 100 + seed, "bbox_AP": segm + 0.1, "segm_AP": segm},
+               "segm_first_reached_min": {"0.1": 5.0, "0.2": None, "0.3": None}}
+        path = tmp_path / "results" / "time_to_accuracy" / f"{tag}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"budget_min": budget, "runs": [run]}))
+
+    result("a", 0, 0.40)
+    result("b", 1, 0.50)
+    tta.combine(["a", "b"], "ab")
+    combined = json.loads((tmp_path / "results" / "time_to_accuracy" / "ab.json").read_text())
+    summary = combined["summary"]["cpu-scratch"]
+    assert combined["combined"] == ["a", "b"] and summary["seeds"] == [0, 1]
+    assert summary["segm_mean"] == pytest.approx(0.45) and summary["bbox_mean"] == pytest.approx(0.55)
+    assert "0.450 ± 0.071 (n=2)" in capsys.readouterr().out
+
+    result("c", 2, 0.30, budget=30.0)
+    with pytest.raises(SystemExit, match="different budgets"):
+        tta.combine(["a", "c"], "ac")
