@@ -1,5 +1,5 @@
 """The time-to-accuracy benchmark's own logic on a tiny synthetic data set: one run under a budget of a
-few seconds (the curve it records, each step scored once), and ``--combine`` of runs made by separate
+few seconds (the curve it records, one point per step), and ``--combine`` of runs made by separate
 invocations. Speed figures are the benchmark's job, never a test's."""
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path):
     curve = run["curve"]
     steps = [p["step"] for p in curve]
     assert len(curve) >= 2 and steps == sorted(steps)
-    # The step the budget ends at is scored by the epoch end alone, not also by the benchmark's timer.
+    # One point per step: where the timer and an epoch end scored the same step, it is listed once.
     assert len(steps) == len(set(steps)), steps
     assert run["final"]["step"] == run["steps"] == steps[-1]
-    assert 0.0 < run["train_minutes"] <= 0.08 + 0.05
+    assert run["train_minutes"] > 0.0
     assert set(run["final"]) == {"minutes", "step", "bbox_AP", "segm_AP"}
     assert run["segm_first_reached_min"].keys() == {f"{v:.1f}" for v in tta.LEVELS}
     assert Path(run["run_dir"], "weights", "best.pt").is_file()
