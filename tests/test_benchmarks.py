@@ -66,3 +66,35 @@ def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tm
     result("c", 2, 0.30, budget=30.0)
     with pytest.raises(SystemExit, match="different budgets"):
         tta.combine(["a", "c"], "ac")
+
+
+def test_the_timer_scores_when_due_with_the_clock_paused_and_not_at_the_budgets_last_step(tta, monkeypatch):
+    """ScoreEvery with a real TimeBudget (a fitted end at step 10) and the evaluation counted, not run."""
+    from types import SimpleNamespace
+
+    from segtune.engine.budget import TimeBudget
+
+    budget = TimeBudget(60.0, max_steps=10)
+    calls = []
+
+    def evaluate(model, ds, classes, **kwargs):
+        calls.append(budget.clock._since)  # None while the training clock is paused
+        return SimpleNamespace(metrics={"bbox": {"AP": 0.25}, "segm": {"AP": 0.125}})
+
+    monkeypatch.setattr(tta, "evaluate_model", evaluate)
+    trainer = SimpleNamespace(clock=budget.clock, budget=budget, model=None, test_ds=None, gt=None, device="cpu",
+                              cfg=SimpleNamespace(data=SimpleNamespace(classes=["person"]),
+                                                  eval=SimpleNamespace(mask_threshold=0.5)))
+    scorer = tta.ScoreEvery(minutes=1.0)
+    budget.clock.start()
+    scorer.after_step(trainer, 1, {})  # not due: under a minute of training
+    assert calls == []
+    budget.clock._elapsed = 150.0  # two and a half minutes in: due (and the 2-minute mark is passed too)
+    scorer.after_step(trainer, 2, {})
+    assert calls == [None] and scorer.points == [{"minutes": 2.5, "step": 2, "bbox_AP": 0.25, "segm_AP": 0.125}]
+    assert scorer.next == 180.0  # the next mark after the one scored, not the skipped 2-minute one
+    scorer.after_step(trainer, 3, {})  # not due again until minute 3
+    assert len(calls) == 1
+    budget.clock._elapsed = 200.0
+    scorer.after_step(trainer, 10, {})  # due, but the budget ends here: the epoch end scores these weights
+    assert len(calls) == 1
