@@ -127,6 +127,10 @@ def spread(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} (n={len(values)})"
 
 
+def overrides_text(run: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (run.get("overrides") or {}).items())
+
+
 def show_log() -> None:
     """Print the audit log of every run (benchmarks/results/recipe_search.jsonl) as a Markdown table."""
     path = RESULTS / "recipe_search.jsonl"
@@ -134,20 +138,26 @@ def show_log() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        sets = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "-"
+        sets = overrides_text(r) or "-"
         rate = 60 * r["train_minutes"] / max(1, r["steps"])
         print(f"| {r['tag']} | {r['recipe']} | {r['seed']} | {sets} | {r['budget_min']:g} | {r['steps']} | "
               f"{rate:.2f} | {r['final'].get('bbox_AP', 0):.3f} | {r['final'].get('segm_AP', 0):.3f} |")
 
 
+def variant(run: dict[str, Any]) -> str:
+    """The recipe a run trained, with the overrides it ran under: ``cpu-scratch`` or ``cpu-scratch (k=v, ...)``."""
+    sets = overrides_text(run)
+    return f"{run['recipe']} ({sets})" if sets else run["recipe"]
+
+
 def summarise(runs: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
-    """Print, per recipe, the AP at the end of the budget over the seeds (mean ± sd) and when each seed
-    first reached segm AP 0.1 / 0.2 / 0.3; return the same as a dict."""
+    """Print, per recipe variant (recipe + overrides), the AP at the end of the budget over the seeds
+    (mean ± sd) and when each seed first reached segm AP 0.1 / 0.2 / 0.3; return the same as a dict."""
     summary = {}
     print(f"\n| recipe | seeds | segm AP at {minutes:g} min | bbox AP | steps | segm AP 0.1 / 0.2 / 0.3 first at (min) |")
     print("|---|---|---|---|---|---|")
-    for recipe in dict.fromkeys(r["recipe"] for r in runs):
-        mine = [r for r in runs if r["recipe"] == recipe]
+    for recipe in dict.fromkeys(variant(r) for r in runs):
+        mine = [r for r in runs if variant(r) == recipe]
         segm = [r["final"].get("segm_AP", 0.0) for r in mine]
         bbox = [r["final"].get("bbox_AP", 0.0) for r in mine]
         reached = "; ".join(" / ".join("-" if r["segm_first_reached_min"][k] is None else f"{r['segm_first_reached_min'][k]:.0f}"

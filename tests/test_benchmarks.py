@@ -46,8 +46,8 @@ def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path):
 
 
 def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tmp_path, capsys):
-    def result(tag: str, seed: int, segm: float, budget: float = 60.0) -> None:
-        run = {"recipe": "cpu-scratch", "seed": seed, "budget_min": budget, "steps": 100 + seed,
+    def result(tag: str, seed: int, segm: float, budget: float = 60.0, overrides: dict | None = None) -> None:
+        run = {"recipe": "cpu-scratch", "seed": seed, "budget_min": budget, "steps": 100 + seed, "overrides": overrides,
                "final": {"minutes": budget, "step": 100 + seed, "bbox_AP": segm + 0.1, "segm_AP": segm},
                "segm_first_reached_min": {"0.1": 5.0, "0.2": None, "0.3": None}}
         path = tmp_path / "results" / "time_to_accuracy" / f"{tag}.json"
@@ -62,6 +62,13 @@ def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tm
     assert combined["combined"] == ["a", "b"] and summary["seeds"] == [0, 1]
     assert summary["segm_mean"] == pytest.approx(0.45) and summary["bbox_mean"] == pytest.approx(0.55)
     assert "0.450 ± 0.071 (n=2)" in capsys.readouterr().out
+
+    # A variant run with overrides is summarised apart from the recipe as it stands, under its overrides.
+    result("v", 0, 0.60, overrides={"train.augment": ["hflip", "lsj"]})
+    tta.combine(["a", "b", "v"], "abv")
+    summary = json.loads((tmp_path / "results" / "time_to_accuracy" / "abv.json").read_text())["summary"]
+    assert summary["cpu-scratch"]["seeds"] == [0, 1]
+    assert summary["cpu-scratch (train.augment=['hflip', 'lsj'])"]["segm_AP"] == [0.60]
 
     result("c", 2, 0.30, budget=30.0)
     with pytest.raises(SystemExit, match="different budgets"):
