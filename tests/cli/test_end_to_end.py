@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from segtune.cli.main import main
@@ -206,6 +207,9 @@ def test_cpu_scratch_preset_trains_within_its_time_limit(tmp_path: Path, monkeyp
     assert code == 0
     config = (run / "config.yaml").read_text()
     assert "preset: cpu-scratch" in config and "backbone: resnet18" in config and "head_norm: gn" in config
+    # The recipe trains with its augmentation: large-scale jitter of the input square, copy-paste within a batch.
+    train = yaml.safe_load(config)["train"]
+    assert train["augment"] == ["hflip", "lsj", "copypaste"] and train["lsj_scale"] == [0.5, 1.5]
     history = json.loads((run / "metrics.json").read_text())
     assert 0 < history[-1]["train_time_s"] <= 0.15 * 60 + 5  # the limit, plus at most one step
     assert set(history[-1]["metrics"]) == {"bbox", "segm"}
