@@ -110,7 +110,7 @@ def log_setting_notes(cfg: Config, device: torch.device) -> None:
     if cfg.model.weights in ("none", "None", "") and cfg.model.weights_backbone in ("none", "None", ""):
         if cfg.train.preset == "cpu-scratch":
             expect = ("the cpu-scratch recipe is made for this: on 2 CPU cores it reaches about 0.3 segm AP on "
-                      "Penn-Fudan in 8 minutes (README 'The CPU recipe' has the hour's figures)")
+                      "Penn-Fudan in 10 minutes and about 0.54 in an hour (README 'The CPU recipe')")
         else:
             expect = "a detector needs many epochs to learn from scratch: expect AP near 0 after a short run"
         logger.warning(
