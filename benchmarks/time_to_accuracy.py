@@ -150,14 +150,16 @@ def variant(run: dict[str, Any]) -> str:
     return f"{run['recipe']} ({sets})" if sets else run["recipe"]
 
 
-def summarise(runs: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
+def summarise(runs: list[dict[str, Any]], minutes: float, label: str | None = None) -> dict[str, Any]:
     """Print, per recipe variant (recipe + overrides), the AP at the end of the budget over the seeds
-    (mean ± sd) and when each seed first reached segm AP 0.1 / 0.2 / 0.3; return the same as a dict."""
+    (mean ± sd) and when each seed first reached segm AP 0.1 / 0.2 / 0.3; return the same as a dict.
+    ``label`` names every run as one variant (their own overrides stay in the runs)."""
     summary = {}
+    variant_of = (lambda run: label) if label else variant
     print(f"\n| recipe | seeds | segm AP at {minutes:g} min | bbox AP | steps | segm AP 0.1 / 0.2 / 0.3 first at (min) |")
     print("|---|---|---|---|---|---|")
-    for recipe in dict.fromkeys(variant(r) for r in runs):
-        mine = [r for r in runs if variant(r) == recipe]
+    for recipe in dict.fromkeys(variant_of(r) for r in runs):
+        mine = [r for r in runs if variant_of(r) == recipe]
         segm = [r["final"].get("segm_AP", 0.0) for r in mine]
         bbox = [r["final"].get("bbox_AP", 0.0) for r in mine]
         reached = "; ".join(" / ".join("-" if r["segm_first_reached_min"][k] is None else f"{r['segm_first_reached_min'][k]:.0f}"
@@ -169,16 +171,17 @@ def summarise(runs: list[dict[str, Any]], minutes: float) -> dict[str, Any]:
     return summary
 
 
-def combine(tags: list[str], out_tag: str) -> None:
-    """Summarise runs written by earlier invocations (e.g. one seed per session) as one result file."""
+def combine(tags: list[str], out_tag: str, label: str | None = None) -> None:
+    """Summarise runs written by earlier invocations (e.g. one seed per session) as one result file;
+    with ``label``, as one variant of that name (e.g. seeds whose schedule length was set in different ways)."""
     results = [json.loads((RESULTS / "time_to_accuracy" / f"{tag}.json").read_text()) for tag in tags]
     budgets = {r["budget_min"] for r in results}
     if len(budgets) != 1:
         sys.exit(f"--combine: the runs have different budgets {sorted(budgets)}; compare like with like")
     runs = [run for result in results for run in result["runs"]]
-    summary = summarise(runs, budgets.pop())
+    summary = summarise(runs, budgets.pop(), label)
     path = write_result(f"time_to_accuracy/{out_tag}.json", {"budget_min": results[0]["budget_min"], "combined": tags,
-                                                             "summary": summary, "runs": runs})
+                                                             "label": label, "summary": summary, "runs": runs})
     print(f"\nwrote {path}")
 
 
@@ -198,12 +201,16 @@ def main() -> None:
     parser.add_argument("--combine", nargs="+", metavar="TAG", help="only summarise the result files of these tags "
                         "(runs made by separate invocations, e.g. one seed at a time) into results/time_to_accuracy/"
                         "TAG.json for --tag")
+    parser.add_argument("--as", dest="label", metavar="NAME", help="with --combine: summarise every run as one "
+                        "variant called NAME, whatever its overrides (they stay in the file, run by run)")
     args = parser.parse_args()
+    if args.label and not args.combine:
+        parser.error("--as only goes with --combine")
     if args.show_log:
         show_log()
         return
     if args.combine:
-        combine(args.combine, args.tag)
+        combine(args.combine, args.tag, args.label)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]

@@ -70,6 +70,15 @@ def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tm
     assert summary["cpu-scratch"]["seeds"] == [0, 1]
     assert summary["cpu-scratch (train.augment=['hflip', 'lsj'])"]["segm_AP"] == [0.60]
 
+    # --as names them all one variant (seeds whose schedule length was set apart); each run keeps its overrides.
+    result("w", 1, 0.50, overrides={"train.augment": ["hflip", "lsj"], "train.epochs": 12})
+    tta.combine(["v", "w"], "vw", label="lsj")
+    combined = json.loads((tmp_path / "results" / "time_to_accuracy" / "vw.json").read_text())
+    assert list(combined["summary"]) == ["lsj"] and combined["label"] == "lsj"
+    assert combined["summary"]["lsj"]["seeds"] == [0, 1]
+    assert combined["summary"]["lsj"]["segm_mean"] == pytest.approx(0.55)
+    assert combined["runs"][1]["overrides"]["train.epochs"] == 12
+
     result("c", 2, 0.30, budget=30.0)
     with pytest.raises(SystemExit, match="different budgets"):
         tta.combine(["a", "c"], "ac")
