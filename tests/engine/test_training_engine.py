@@ -126,10 +126,18 @@ def test_bf16_autocast_on_cpu_trains_and_warns_where_the_cpu_lacks_bf16(
     from segtune.engine import trainer as trainer_module
 
     monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)  # as on a CPU without AVX-512 BF16
+    seen = {}
+    hook = CallbackHook({"before_epoch": lambda trainer, epoch: seen.setdefault("model", trainer.model)})
     with caplog.at_level(logging.WARNING, logger="segtune.train"):
-        result = train(configure(("test", settings(data, tmp_path / "run", **{"train.amp": "bf16", "train.epochs": 1}))))
+        result = train(configure(("test", settings(data, tmp_path / "run", **{"train.amp": "bf16", "train.epochs": 1}))),
+                       hooks=[hook])
     assert torch.isfinite(torch.tensor(result.history[0]["train"]["loss"]))
     assert "no native bfloat16 instructions" in caplog.text and "--amp none" in caplog.text
+    # the proposals stay float32 (tests/engine/test_amp.py: else a thin box gives a NaN box loss)
+    head = seen["model"].rpn.head
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        objectness, deltas = head([torch.rand(1, head.cls_logits.in_channels, 8, 8)])
+    assert objectness[0].dtype == deltas[0].dtype == torch.float32
 
 
 def test_fp16_on_cpu_is_a_clear_error(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

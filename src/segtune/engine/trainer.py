@@ -27,6 +27,7 @@ from segtune.data import (build_collate, build_dataset, check_dataset, make_spli
                           save_split)
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.engine import distributed as dist
+from segtune.engine.amp import keep_boxes_float32
 from segtune.engine.budget import Stopwatch, TimeBudget
 from segtune.engine.ema import ModelEMA
 from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook, select_metric
@@ -171,6 +172,8 @@ class Trainer:
             logger.warning("train.amp bf16: this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX), "
                            "so bf16 autocast is slower than float32 here; use --amp none")
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+        if self.autocast_dtype is not None:
+            keep_boxes_float32(self.model)
 
     def _load_resume(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
