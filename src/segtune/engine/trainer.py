@@ -27,7 +27,7 @@ from segtune.data import (build_collate, build_dataset, check_dataset, make_spli
                           save_split)
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.engine import distributed as dist
-from segtune.engine.amp import keep_boxes_float32
+from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch, TimeBudget
 from segtune.engine.ema import ModelEMA
 from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook, select_metric
@@ -39,7 +39,7 @@ from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.fileio import write_text
 from segtune.models import MODELS, build_from_config
-from segtune.runtime import cpu_has_native_bf16, default_workers, seed_everything, seed_worker
+from segtune.runtime import default_workers, seed_everything, seed_worker
 
 logger = logging.getLogger("segtune.train")
 
@@ -164,16 +164,7 @@ class Trainer:
             self._load_resume(resume)
 
     def _setup_amp(self) -> None:
-        amp = self.cfg.train.amp
-        if amp == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.amp fp16 needs a CUDA device (on CPU use bf16 or none)")
-        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-        if amp == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
-            logger.warning("train.amp bf16: this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX), "
-                           "so bf16 autocast is slower than float32 here; use --amp none")
-        self.scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
-        if self.autocast_dtype is not None:
-            keep_boxes_float32(self.model)
+        self.autocast_dtype, self.scaler = setup_amp(self.cfg.train.amp, self.device, self.model)
 
     def _load_resume(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
