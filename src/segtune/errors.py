@@ -53,3 +53,9 @@ class TrainingInterrupted(SegtuneError):
     """Ctrl-C or SIGTERM stopped training after a step; ``last.pt`` holds the exact state to resume from."""
 
     exit_code = 130
+
+
+class EvaluationError(SegtuneError):
+    """Detections cannot be scored against the ground truth (ids that are not in it)."""
+
+    exit_code = 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from segtune.data.coco import CocoDataset
 from segtune.data.images import load_instance_mask, load_rgb, read_size
 from segtune.data.masks_folder import MaskFolderDataset
 from segtune.errors import DatasetError
@@ -252,7 +254,7 @@ def test_all_modes_through_the_dataset(tmp_path: Path):
         image, target = ds[i]
         assert image.dtype == torch.uint8 and tuple(image.shape) == (3, H, W)
         np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), by_name[ds.files[i]])
-        assert target["boxes"].tolist() == [[3.0, 2.0, 14.0, 9.0]]
+        assert target["boxes"].tolist() == [[3.0, 2.0, 15.0, 10.0]]
     assert ds.verify() == len(modes)
 
 
@@ -269,48 +271,61 @@ def segtune_caplog(caplog, monkeypatch):
     return caplog
 
 
-def test_zero_width_instance_is_dropped_with_a_warning(tmp_path: Path, segtune_caplog):
+def test_one_pixel_wide_and_high_instances_are_kept_with_their_pixel_extent(tmp_path: Path, segtune_caplog):
     root = tmp_path / "d"
     images, masks = _layout(root)
     _save_image(images / "thin.png")
     mask = np.zeros((H, W), np.uint8)
-    mask[1:7, 2:9] = 1  # a real instance: box (2, 1, 8, 6)
-    mask[2:12, 20] = 2  # a one-pixel-wide column: zero-width box
-    mask[14, 5:20] = 3  # a one-pixel-high row: zero-height box
-    mask[9:13, 10:16] = 4  # another real instance: box (10, 9, 15, 12)
+    mask[1:7, 2:9] = 1  # box (2, 1, 9, 7)
+    mask[2:12, 20] = 2  # a one-pixel-wide column: box (20, 2, 21, 12), width 1
+    mask[14, 5:20] = 3  # a one-pixel-high row: box (5, 14, 20, 15), height 1
+    mask[12, 1] = 4  # a single pixel: box (1, 12, 2, 13)
     Image.fromarray(mask, mode="L").save(masks / "thin_mask.png")
 
     ds = MaskFolderDataset(root)
     _, target = ds[0]
-    assert target["boxes"].tolist() == [[2.0, 1.0, 8.0, 6.0], [10.0, 9.0, 15.0, 12.0]]
-    assert target["labels"].tolist() == [1, 1]
-    assert target["area"].tolist() == [42.0, 24.0]
-    assert target["iscrowd"].tolist() == [0, 0]
-    assert tuple(target["masks"].shape) == (2, H, W)
-    assert int(target["masks"][0].sum()) == 42 and int(target["masks"][1].sum()) == 24
-    assert not target["masks"][:, :, 20].any() and not target["masks"][:, 14, :].any()
+    assert target["boxes"].tolist() == [[2.0, 1.0, 9.0, 7.0], [20.0, 2.0, 21.0, 12.0], [5.0, 14.0, 20.0, 15.0],
+                                        [1.0, 12.0, 2.0, 13.0]]
+    assert target["area"].tolist() == [42.0, 10.0, 15.0, 1.0]
+    assert target["labels"].tolist() == [1, 1, 1, 1] and tuple(target["masks"].shape) == (4, H, W)
+    assert ds.verify() == 4
+    assert not [r for r in segtune_caplog.records if r.name.startswith("segtune.data")]  # nothing to warn about
 
-    records = [r for r in segtune_caplog.records if r.name.startswith("segtune.data")]
-    assert len(records) == 1
-    assert records[0].levelno == logging.WARNING
-    message = records[0].getMessage()
-    assert str(masks / "thin_mask.png") in message and "[2, 3]" in message
 
-    segtune_caplog.clear()
-    ds[0]
-    assert ds.verify() == 2
-    assert not [r for r in segtune_caplog.records if r.name.startswith("segtune.data")]  # warned once
+def _box_only_coco(tmp_path: Path) -> Path:
+    """A box-only COCO file: one image with a real box, a zero-width box and a box outside the image."""
+    _save_image(tmp_path / "a.png")
+    anns = [[2, 1, 6, 5], [10, 3, 0, 4], [W + 5, 2, 3, 3]]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                            for k, b in enumerate(anns)],
+            "categories": [{"id": 1, "name": "thing"}]}
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps(coco))
+    return path
+
+
+def test_degenerate_boxes_are_left_out_of_training_and_kept_for_evaluation(tmp_path: Path, segtune_caplog):
+    path = _box_only_coco(tmp_path)
+    _, target = CocoDataset(path, keep_crowd=False)[0]  # training
+    assert target["boxes"].tolist() == [[2.0, 1.0, 8.0, 6.0]]
+    messages = [r.getMessage() for r in segtune_caplog.records if r.name.startswith("segtune.data")]
+    assert len(messages) == 1 and str(path) in messages[0] and "[2, 3]" in messages[0] and "dropped" in messages[0]
+
+    evaluation = CocoDataset(path, keep_crowd=True)
+    _, annotated = evaluation.load(0)  # as written, for the ground truth: nothing dropped, nothing clamped
+    assert annotated["boxes"].tolist() == [[2.0, 1.0, 8.0, 6.0], [10.0, 3.0, 10.0, 7.0], [W + 5, 2.0, W + 8, 5.0]]
+    assert annotated["area"].tolist() == [30.0, 0.0, 9.0]
+    _, model_side = evaluation[0]  # what a model sees is inside the image
+    assert model_side["boxes"].tolist()[2] == [W, 2.0, W, 5.0]
 
 
 def test_image_whose_only_instance_is_degenerate_becomes_a_negative(tmp_path: Path, segtune_caplog):
-    root = tmp_path / "d"
-    images, masks = _layout(root)
-    _save_image(images / "dot.png")
-    mask = np.zeros((H, W), np.uint8)
-    mask[5, 5] = 1
-    Image.fromarray(mask, mode="L").save(masks / "dot_mask.png")
-    _, target = MaskFolderDataset(root)[0]
+    path = _box_only_coco(tmp_path)
+    coco = json.loads(path.read_text())
+    coco["annotations"] = coco["annotations"][1:2]
+    path.write_text(json.dumps(coco))
+    _, target = CocoDataset(path, keep_crowd=False)[0]
     assert tuple(target["boxes"].shape) == (0, 4)
-    assert tuple(target["masks"].shape) == (0, H, W)
     assert tuple(target["area"].shape) == (0,) and tuple(target["labels"].shape) == (0,)
-    assert any("dot_mask.png" in r.getMessage() for r in segtune_caplog.records)
+    assert any("boxes.json" in r.getMessage() for r in segtune_caplog.records)

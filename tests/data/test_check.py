@@ -57,7 +57,7 @@ def broken(tmp_path: Path) -> dict[str, Path]:
     files["size_mismatch"] = root / "PedMasks" / "size_mismatch_mask.png"
     _mask(files["size_mismatch"], {1: (2, 10, 2, 10)}, size=(S, S - 8))
     _, files["thin"] = _pair(root, "thin", {1: (2, 20, 3, 15), 2: (5, 25, 20, 21)})  # one pixel wide
-    _, files["tiny"] = _pair(root, "tiny", {1: (2, 20, 3, 15), 2: (25, 27, 25, 27)})  # 2x2 pixels: a 1x1 box
+    _, files["tiny"] = _pair(root, "tiny", {1: (2, 20, 3, 15), 2: (25, 26, 25, 26)})  # one pixel: a 1x1 box
     _pair(root, "empty", {})
     files["no_mask"] = root / "PNGImages" / "no_mask.png"
     _image(files["no_mask"])
@@ -79,8 +79,9 @@ def test_every_defect_is_reported_with_its_file(broken: dict[str, Path]):
     assert _find(report, "unreadable", broken["not_image"]).severity == ERROR
     mismatch = _find(report, "size-mismatch", broken["size_mismatch"])
     assert mismatch.severity == ERROR and "24x32" in mismatch.message and "32x32" in mismatch.message
-    thin = _find(report, "degenerate-box", broken["thin"])
-    assert thin.severity == WARNING and "2" in thin.message  # names the instance (mask value 2)
+    # one pixel wide: kept, with a box 1 px wide (its pixel extent), and named as small
+    thin = _find(report, "small-box", broken["thin"])
+    assert thin.severity == WARNING and "1x20 px" in thin.message and "instance 2 of 2" in thin.message
     tiny = _find(report, "small-box", broken["tiny"])
     assert tiny.severity == WARNING and "1x1 px" in tiny.message and "instance 2 of 2" in tiny.message
     assert _find(report, "missing-mask", broken["no_mask"]).severity == ERROR
@@ -88,12 +89,11 @@ def test_every_defect_is_reported_with_its_file(broken: dict[str, Path]):
     assert report.empty_images == ["empty.png"]  # a negative: reported, but not a problem
     assert not any("empty.png" in p.path for p in report.problems)
 
-    # counts: 7 paired images (no_mask is not paired), 3 unreadable; good 2 + thin 1 (the thin one is
-    # dropped) + tiny 2 + empty 0 instances
-    assert (report.images, report.unreadable, report.instances) == (7, 3, 5)
-    assert report.instances_per_image == (0, 1.5, 2)
-    assert report.class_counts == {"pedestrian": 5}
-    assert report.small_boxes == 1
+    # counts: 7 paired images (no_mask is not paired), 3 unreadable; good 2 + thin 2 + tiny 2 + empty 0 instances
+    assert (report.images, report.unreadable, report.instances) == (7, 3, 6)
+    assert report.instances_per_image == (0, 2, 2)
+    assert report.class_counts == {"pedestrian": 6}
+    assert report.small_boxes == 2
     assert not report.ok and len(report.errors) == 5 and len(report.warnings) == 2
 
 
@@ -216,7 +216,7 @@ def test_coco_defects_are_reported_with_the_annotation_file_and_id(tmp_path: Pat
             {"id": 13, "image_id": 2, "category_id": 7, "segmentation": [square], "bbox": [2, 2, 18, 18],
              "iscrowd": 0},  # category outside the list
             {"id": 14, "image_id": 2, "category_id": 1, "segmentation": [[4, 4, 30, 4, 30, 6, 4, 6]],
-             "bbox": [4, 4, 26, 2], "iscrowd": 0},  # two pixel rows: a box 1 px high, below min_box_size
+             "bbox": [4, 4, 26, 1.5], "iscrowd": 0},  # the file's box is 1.5 px high, below min_box_size
             {"id": 15, "image_id": 1, "category_id": 1, "segmentation": [[10, 10, 10, 10, 10, 10]],
              "bbox": [10, 10, 0, 0], "iscrowd": 0},  # a polygon that covers no pixel
         ],
@@ -231,11 +231,13 @@ def test_coco_defects_are_reported_with_the_annotation_file_and_id(tmp_path: Pat
     unknown = _find(report, "unknown-label", annotations)
     assert "annotation 13" in unknown.message and "7" in unknown.message
     assert "'b.png'" in _find(report, "duplicate-name", annotations).message
-    small = _find(report, "small-box", annotations)
-    assert "b.png" in small.message and "25x1 px" in small.message
+    small = [p.message for p in report.problems if p.kind == "small-box"]
+    assert any("image b.png" in m and "26x1.5 px" in m for m in small), small
+    assert any("image a.png" in m and "0x0 px" in m for m in small), small  # annotation 15's own box
     assert "15" in _find(report, "empty-mask", annotations).message
     assert {p.kind for p in report.warnings} == {"small-box", "empty-mask"}
     assert {p.kind for p in report.errors} == {"bad-polygon", "dangling-id", "unknown-label", "duplicate-name"}
-    assert (report.images, report.instances) == (2, 2)
-    assert report.class_counts == {"thing": 2}
+    # every annotation the file has is counted, the empty one too (training leaves it out; evaluation keeps it)
+    assert (report.images, report.instances) == (2, 3)
+    assert report.class_counts == {"thing": 3}
     assert not report.ok

@@ -96,8 +96,9 @@ def coco_set(tmp_path: Path) -> Path:
 
 
 def _box(mask: np.ndarray) -> list[float]:
+    """The mask's pixel extent (segtune.data.boxes), as COCO's toBbox gives it."""
     ys, xs = np.nonzero(mask)
-    return [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
 
 
 # ---------------------------------------------------------------- targets

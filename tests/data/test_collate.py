@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.ops import masks_to_boxes
 
 from segtune.config import DataConfig
 from segtune.data.build import build_dataset, build_loader
 from segtune.data.collate import CopyPaste, build_collate, collate
+from segtune.data.boxes import mask_boxes
 from segtune.errors import ConfigError
 
 
@@ -23,7 +23,7 @@ def _item(size: tuple[int, int], rects: list[tuple[int, int, int, int]], labels:
     for i, (y0, y1, x0, x1) in enumerate(rects):
         masks[i, y0:y1, x0:x1] = 1
     return torch.full((3, h, w), value), {
-        "boxes": masks_to_boxes(masks) if rects else torch.zeros((0, 4)),
+        "boxes": mask_boxes(masks),
         "labels": torch.tensor(labels, dtype=torch.int64),
         "masks": masks,
         "area": masks.flatten(1).sum(1).float(),
@@ -48,9 +48,8 @@ def _check(image, target) -> None:
     assert all(len(target[k]) == n for k in ("labels", "masks", "area", "iscrowd"))
     assert target["masks"].dtype == torch.uint8 and tuple(target["masks"].shape[1:]) == (h, w)
     if n:
-        # Within 1 px: a flip moves boxes as continuous XYXY (x -> W - x) while masks_to_boxes gives
-        # the last pixel's index, so a flipped box may sit one pixel right of its mask's.
-        assert (target["boxes"] - masks_to_boxes(target["masks"])).abs().max() <= 1
+        # exactly the masks' pixel extent (a flip keeps it too: x -> W - x maps extent onto extent)
+        assert torch.equal(target["boxes"], mask_boxes(target["masks"]))
         assert ((target["boxes"][:, 2] > target["boxes"][:, 0]) & (target["boxes"][:, 3] > target["boxes"][:, 1])).all()
     assert torch.equal(target["area"], target["masks"].flatten(1).sum(1).float())
 
@@ -67,7 +66,7 @@ def test_paste_replaces_pixels_occludes_and_drops_covered_instances():
     pasted[8:24, 8:40] = True
     assert torch.equal(image, torch.where(pasted, 1.0, 0.0).expand(3, -1, -1))
     assert target["labels"].tolist() == [2, 3]  # d1 (fully covered) is gone
-    assert target["boxes"].tolist() == [[40.0, 10.0, 49.0, 19.0], [8.0, 8.0, 39.0, 23.0]]
+    assert target["boxes"].tolist() == [[40.0, 10.0, 50.0, 20.0], [8.0, 8.0, 40.0, 24.0]]
     assert target["area"].tolist() == [100.0, 16.0 * 32.0]
     assert target["image_id"] == 5 and target["iscrowd"].tolist() == [0, 0]
     _check(image, target)

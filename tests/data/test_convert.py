@@ -48,9 +48,9 @@ def test_mask_folder_round_trip(tmp_path: Path):
     assert coco["categories"] == [{"id": 1, "name": "pedestrian"}]
     ann = coco["annotations"][0]
     assert isinstance(ann["segmentation"]["counts"], str) and ann["segmentation"]["size"] == [40, 48]
-    # COCO's bbox is the tight box: the last pixel column/row is inside it (width = x2 - x1 + 1).
+    # COCO's bbox is the pixel extent, segtune's own box: the same numbers as [x, y, w, h]
     x1, y1, x2, y2 = source.load(0)[1]["boxes"][0].tolist()
-    assert ann["bbox"] == [x1, y1, x2 - x1 + 1, y2 - y1 + 1] and ann["iscrowd"] == 0
+    assert ann["bbox"] == [x1, y1, x2 - x1, y2 - y1] and ann["iscrowd"] == 0
 
     back = CocoDataset(out)  # no image_root: file names are relative to the JSON's folder
     assert back.classes == ["pedestrian"] and back.category_ids == [1]

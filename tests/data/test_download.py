@@ -87,7 +87,7 @@ def test_download_unpacks_into_dest(server, tmp_path: Path):
     assert (folder / "readme.txt").read_text() == "test archive\n"
     assert _entries(dest) == ["PennFudanPed"]  # no temp folder or archive left beside it
     ds = MaskFolderDataset(folder)
-    assert ds.files == ["x.png"] and ds[0][1]["boxes"].tolist() == [[2.0, 1.0, 5.0, 3.0]]
+    assert ds.files == ["x.png"] and ds[0][1]["boxes"].tolist() == [[2.0, 1.0, 6.0, 4.0]]
 
 
 def test_second_download_refuses_to_overwrite(server, tmp_path: Path):

@@ -80,14 +80,14 @@ def test_targets_equal_the_mask_folder_reader(tmp_path: Path, reference):
     assert_same_targets(ds, reference)
 
     # Corners x = 3..10 cover pixel columns 3..9 (COCO's convention: pixels whose centres are inside),
-    # for polygons and rectangles alike, so the box's x2 is 9 as masks_to_boxes gives for mask[:, 3:10].
+    # for polygons and rectangles alike, so the box (their pixel extent) has x2 = 10, the corner itself.
     _, target = ds[0]
-    assert target["boxes"].tolist() == [[3.0, 2.0, 9.0, 7.0], [20.0, 12.0, 36.0, 29.0]]
+    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 8.0], [20.0, 12.0, 37.0, 30.0]]
     assert target["labels"].tolist() == [1, 2] and target["area"].tolist() == [42.0, 306.0]
     _, negative = ds[1]
     assert negative["boxes"].shape == (0, 4) and negative["masks"].shape == (0, H, W)
     _, reversed_corners = ds[2]
-    assert reversed_corners["boxes"].tolist() == [[0.0, 5.0, 15.0, 20.0]]
+    assert reversed_corners["boxes"].tolist() == [[0.0, 5.0, 16.0, 21.0]]
 
 
 def test_group_id_joins_shapes_into_one_instance(tmp_path: Path):
@@ -107,7 +107,7 @@ def test_group_id_joins_shapes_into_one_instance(tmp_path: Path):
     expected[1, 5:21, 0:16] = 1
     expected[2, 5:21, 0:16] = 1
     assert torch.equal(target["masks"].as_subclass(torch.Tensor), expected)
-    assert target["boxes"].tolist()[0] == [3.0, 2.0, 36.0, 29.0]  # one box around both parts
+    assert target["boxes"].tolist()[0] == [3.0, 2.0, 37.0, 30.0]  # one box around both parts
     assert target["area"].tolist() == [42.0 + 306.0, 256.0, 256.0]
 
 
@@ -126,7 +126,7 @@ def test_circle_and_mask_shapes(tmp_path: Path):
     ys, xs = np.mgrid[0:H, 0:W]
     circle = ((xs + 0.5 - 20) ** 2 + (ys + 0.5 - 16) ** 2 <= 25).astype(np.uint8)  # radius 5, pixel centres
     np.testing.assert_array_equal(target["masks"][0].numpy(), circle)
-    assert target["boxes"].tolist()[0] == [15.0, 11.0, 24.0, 20.0]
+    assert target["boxes"].tolist()[0] == [15.0, 11.0, 25.0, 21.0]
     blob = np.zeros((H, W), np.uint8)
     blob[3:5, 32:35] = 1  # the crop's foreground, placed with its top-left pixel at (30, 2)
     np.testing.assert_array_equal(target["masks"][1].numpy(), blob)
@@ -154,7 +154,7 @@ def test_windows_image_path_and_images_in_another_folder(tmp_path: Path):
     _annotate(root / "json" / "w.json", None, [rectangle("cat", RECT_A)], image_path="..\\pictures\\w.png")
     ds = LabelmeDataset(root)
     assert ds.files == ["pictures/w.png"] and ds.image_path(0) == root / "pictures" / "w.png"
-    assert ds[0][1]["boxes"].tolist() == [[3.0, 2.0, 9.0, 7.0]]
+    assert ds[0][1]["boxes"].tolist() == [[3.0, 2.0, 10.0, 8.0]]
 
 
 # ---------------------------------------------------------------- problems
@@ -209,7 +209,7 @@ def test_every_problem_kind_is_named_with_its_file(tmp_path: Path):
 
     assert ds.all_files == ["a.png", "b.png", "sub/c.png"]
     _, target = ds[0]  # only shape 1 is left
-    assert target["labels"].tolist() == [1] and target["boxes"].tolist() == [[3.0, 2.0, 9.0, 7.0]]
+    assert target["labels"].tolist() == [1] and target["boxes"].tolist() == [[3.0, 2.0, 10.0, 8.0]]
 
 
 def test_errors_stop_training(tmp_path: Path):

@@ -43,9 +43,9 @@ def _write(root: Path, name: str, rects: dict[int, tuple[int, int, int, int]], *
 
 
 def _box(rect: tuple[int, int, int, int]) -> list[float]:
-    """The XYXY box torchvision's masks_to_boxes gives for a filled rect: x2/y2 are the last index (inclusive)."""
+    """The XYXY box of a filled rect: its pixel extent, so x2/y2 are the python slice ends (segtune.data.boxes)."""
     y0, y1, x0, x1 = rect
-    return [float(x0), float(y0), float(x1 - 1), float(y1 - 1)]
+    return [float(x0), float(y0), float(x1), float(y1)]
 
 
 def _area(rect: tuple[int, int, int, int]) -> float:
@@ -53,8 +53,8 @@ def _area(rect: tuple[int, int, int, int]) -> float:
     return float((y1 - y0) * (x1 - x0))
 
 
-RECT_A = (2, 8, 3, 10)  # rows 2..7, cols 3..9 -> box (3, 2, 9, 7), area 42
-RECT_B = (10, 18, 15, 28)  # rows 10..17, cols 15..27 -> box (15, 10, 27, 17), area 104
+RECT_A = (2, 8, 3, 10)  # rows 2..7, cols 3..9 -> box (3, 2, 10, 8), area 42
+RECT_B = (10, 18, 15, 28)  # rows 10..17, cols 15..27 -> box (15, 10, 28, 18), area 104
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_target_without_transforms_has_exact_values(known):
     assert boxes.dtype == torch.float32 and tuple(boxes.shape) == (2, 4)
     # instances come in ascending id order: id 3 (RECT_A), then id 9 (RECT_B)
     assert boxes.as_subclass(torch.Tensor).tolist() == [_box(RECT_A), _box(RECT_B)]
-    assert _box(RECT_A) == [3.0, 2.0, 9.0, 7.0]  # the convention itself, spelled out
+    assert _box(RECT_A) == [3.0, 2.0, 10.0, 8.0]  # the convention itself, spelled out
 
     assert target["labels"].dtype == torch.int64 and target["labels"].tolist() == [1, 1]
 
@@ -264,7 +264,7 @@ def test_files_restrict_to_a_split(tmp_path: Path):
     # image_id is the index in the whole folder, the same in every split
     assert [ds.image_id(0), ds.image_id(1)] == [3, 1]
     _, target = ds[0]
-    assert target["image_id"] == 3 and target["boxes"].tolist() == [[0.0, 0.0, 4.0, 6.0]]
+    assert target["image_id"] == 3 and target["boxes"].tolist() == [[0.0, 0.0, 5.0, 7.0]]
     assert MaskFolderDataset(root, files=[]).__len__() == 0
 
     with pytest.raises(DatasetError) as e:
@@ -294,8 +294,9 @@ def test_pennfudan_layout(pennfudan: Path):
         assert ds.get_height_and_width(0) == (img.height, img.width) == (536, 559)
     image, target = ds[0]
     assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 536, 559)
-    # Annotation/FudanPed00001.txt gives 1-based boxes (160, 182)-(302, 431) and (420, 171)-(535, 486)
-    assert target["boxes"].tolist() == [[159.0, 181.0, 301.0, 430.0], [419.0, 170.0, 534.0, 485.0]]
+    # Annotation/FudanPed00001.txt gives 1-based inclusive boxes (160, 182)-(302, 431) and (420, 171)-(535, 486):
+    # the pixel extent of the masks is exactly those, 0-based (x1 - 1, y1 - 1, x2, y2)
+    assert target["boxes"].tolist() == [[159.0, 181.0, 302.0, 431.0], [419.0, 170.0, 535.0, 486.0]]
     assert target["labels"].tolist() == [1, 1]
 
 
@@ -333,7 +334,7 @@ def test_class_map_by_value_and_colour(tmp_path: Path):
     assert targets["grey.png"]["labels"].tolist() == [1, 1, 2]
     # Colours are packed as (r << 16) | (g << 8) | b, so green (0x00ff00) sorts before red (0xff0000).
     assert targets["rgb.png"]["labels"].tolist() == [2, 1]
-    assert targets["rgb.png"]["boxes"].tolist() == [[12.0, 10.0, 19.0, 15.0], [2.0, 2.0, 7.0, 5.0]]
+    assert targets["rgb.png"]["boxes"].tolist() == [[12.0, 10.0, 20.0, 16.0], [2.0, 2.0, 8.0, 6.0]]
 
 
 def test_sidecar_names_the_classes_of_one_image(tmp_path: Path):

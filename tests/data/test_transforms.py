@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import tv_tensors
-from torchvision.ops import masks_to_boxes
 
 from segtune.config import DataConfig
+from segtune.data.boxes import mask_boxes
 from segtune.data.build import build_dataset
 from segtune.data.masks_folder import MaskFolderDataset
 from segtune.data.transforms import build_transforms, keypoint_flip_map
@@ -70,10 +70,9 @@ def test_flip_moves_image_boxes_and_masks_together(root: Path):
     rb = raw["boxes"]
     expected = torch.stack([W - rb[:, 2], rb[:, 1], W - rb[:, 0], rb[:, 3]], dim=1)
     assert torch.equal(target["boxes"], expected)
-    assert target["boxes"].tolist() == [[21.0, 2.0, 27.0, 7.0], [3.0, 10.0, 15.0, 17.0]]
-    # and the flipped box still frames the flipped mask, to within the 1-px inclusive/exclusive offset
-    from_masks = masks_to_boxes(target["masks"])
-    assert (from_masks - target["boxes"]).abs().max() <= 1.0
+    assert target["boxes"].tolist() == [[20.0, 2.0, 27.0, 8.0], [2.0, 10.0, 15.0, 18.0]]
+    # and the flipped box is exactly the flipped mask's pixel extent (segtune.data.boxes)
+    assert torch.equal(mask_boxes(target["masks"]), target["boxes"])
 
     assert target["labels"].tolist() == [1, 1]
     assert torch.equal(target["area"], raw["area"]) and target["area"].dtype == torch.float32
@@ -90,7 +89,7 @@ def test_no_flip(root: Path, transforms):
     assert image.dtype == torch.float32 and float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     assert torch.allclose(image, raw_image.float() / 255, atol=1e-6)
     assert torch.equal(target["boxes"], raw["boxes"])
-    assert target["boxes"].tolist() == [[3.0, 2.0, 9.0, 7.0], [15.0, 10.0, 27.0, 17.0]]
+    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 8.0], [15.0, 10.0, 28.0, 18.0]]
     assert torch.equal(target["masks"], raw["masks"]) and target["masks"].dtype == torch.uint8
     assert torch.equal(target["area"], raw["area"])
 
@@ -98,7 +97,7 @@ def test_no_flip(root: Path, transforms):
 def test_eval_pipeline_is_deterministic(root: Path):
     ds = MaskFolderDataset(root, transforms=build_transforms(train=False, hflip_prob=1.0))
     image, target = ds[0]
-    assert target["boxes"].tolist()[0] == [3.0, 2.0, 9.0, 7.0]  # hflip_prob is ignored when not training
+    assert target["boxes"].tolist()[0] == [3.0, 2.0, 10.0, 8.0]  # hflip_prob is ignored when not training
 
 
 def test_random_flip_is_all_or_nothing(root: Path):
@@ -112,11 +111,11 @@ def test_random_flip_is_all_or_nothing(root: Path):
         seen.add(flipped)
         if flipped:
             assert torch.allclose(image, raw_image.flip(-1).float() / 255, atol=1e-6)
-            assert target["boxes"].tolist()[0] == [21.0, 2.0, 27.0, 7.0]
+            assert target["boxes"].tolist()[0] == [20.0, 2.0, 27.0, 8.0]
         else:
             assert torch.equal(target["masks"], raw["masks"])
             assert torch.allclose(image, raw_image.float() / 255, atol=1e-6)
-            assert target["boxes"].tolist()[0] == [3.0, 2.0, 9.0, 7.0]
+            assert target["boxes"].tolist()[0] == [3.0, 2.0, 10.0, 8.0]
     assert seen == {True, False}
 
 
@@ -140,7 +139,7 @@ def test_sanitize_filters_the_per_instance_tensors_together():
     masks[0, 2:8, 3:10] = 1
     masks[1, 5, 5] = 1
     target = {
-        "boxes": tv_tensors.BoundingBoxes(torch.tensor([[3.0, 2.0, 9.0, 7.0], [5.0, 5.0, 5.0, 5.0]]),
+        "boxes": tv_tensors.BoundingBoxes(torch.tensor([[3.0, 2.0, 10.0, 8.0], [5.0, 5.0, 5.0, 5.0]]),
                                           format="XYXY", canvas_size=(H, W)),
         "labels": torch.tensor([1, 2]),
         "masks": tv_tensors.Mask(masks),
@@ -149,7 +148,7 @@ def test_sanitize_filters_the_per_instance_tensors_together():
         "iscrowd": torch.tensor([0, 1]),
     }
     _, out = transforms(image, target)
-    assert out["boxes"].tolist() == [[21.0, 2.0, 27.0, 7.0]]
+    assert out["boxes"].tolist() == [[20.0, 2.0, 27.0, 8.0]]
     assert out["labels"].tolist() == [1]
     assert out["area"].tolist() == [42.0]
     assert out["iscrowd"].tolist() == [0]
@@ -173,7 +172,7 @@ def _sample(*, keypoints: bool = False, masks: bool = True):
     m = torch.zeros((len(KRECTS), KH, KW), dtype=torch.uint8)
     for i, (y0, y1, x0, x1) in enumerate(KRECTS):
         m[i, y0:y1, x0:x1] = 1
-    boxes = masks_to_boxes(m)
+    boxes = mask_boxes(m)
     target = {
         "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(KH, KW)),
         "labels": torch.tensor([1, 2]),
@@ -206,7 +205,7 @@ def _check_consistent(image, target, *, masks: bool = True) -> None:
     if masks:
         assert target["masks"].dtype == torch.uint8 and tuple(target["masks"].shape) == (n, h, w)
         if n:
-            assert (masks_to_boxes(target["masks"]) - boxes).abs().max() <= 1.0
+            assert torch.equal(mask_boxes(target["masks"]), boxes)
         assert torch.equal(target["area"], target["masks"].flatten(1).sum(1).float())
     else:
         assert torch.allclose(target["area"], (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))

@@ -80,15 +80,15 @@ def test_targets_equal_the_mask_folder_reader(tmp_path: Path, reference, entry: 
     assert_same_targets(ds, reference)
 
     # The values themselves: polygon x = 3..10 covers pixel columns 3..9 (COCO's rasteriser fills the
-    # pixels whose centres are inside), so the box's x2 is 9, the last covered column, as masks_to_boxes gives.
+    # pixels whose centres are inside), so the box (their pixel extent) has x2 = 10, the polygon's own x.
     _, target = ds[0]
-    assert target["boxes"].tolist() == [[3.0, 2.0, 9.0, 7.0], [20.0, 12.0, 36.0, 29.0]]
+    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 8.0], [20.0, 12.0, 37.0, 30.0]]
     assert target["labels"].tolist() == [1, 2]  # YOLO class 0 -> label 1
     assert target["area"].tolist() == [42.0, 306.0]
     _, negative = ds[1]
     assert negative["boxes"].shape == (0, 4) and negative["masks"].shape == (0, H, W)
     _, box_line = ds[2]  # a 'cls cx cy w h' line gives its rectangle as the mask
-    assert box_line["boxes"].tolist() == [[0.0, 5.0, 15.0, 20.0]] and box_line["labels"].tolist() == [1]
+    assert box_line["boxes"].tolist() == [[0.0, 5.0, 16.0, 21.0]] and box_line["labels"].tolist() == [1]
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools under numpy 2
@@ -267,7 +267,7 @@ def test_every_problem_kind_is_named_with_file_and_line(tmp_path: Path):
     # What is left: lines 1 and 8 of a.txt; line 8 clamped to the image's left edge.
     _, target = ds[0]
     assert target["labels"].tolist() == [1, 2]
-    assert target["boxes"].tolist() == [[3.0, 2.0, 9.0, 7.0], [0.0, 0.0, 19.0, 15.0]]
+    assert target["boxes"].tolist() == [[3.0, 2.0, 10.0, 8.0], [0.0, 0.0, 20.0, 16.0]]
     _, unreadable = ds[2]
     assert len(unreadable["labels"]) == 0  # its instances are dropped (and reported above)
 

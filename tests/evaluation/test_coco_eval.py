@@ -11,6 +11,7 @@ from pycocotools import mask as pc_mask
 from pycocotools.coco import COCO as PcCOCO
 from pycocotools.cocoeval import COCOeval as PcCOCOeval
 
+from segtune.errors import EvaluationError
 from segtune.evaluation.coco_eval import (
     STAT_NAMES,
     detections,
@@ -281,3 +282,26 @@ def test_per_class_ap_averages_to_the_summary_ap() -> None:
                     print_fn=lambda line: None, per_class=per_class)
     assert per_class == {"bbox": {"a": 1.0, "b": 0.0}}
     assert metrics["bbox"]["AP"] == pytest.approx(0.5)
+
+
+def test_labels_and_category_ids_are_kept_apart() -> None:
+    """A data set with COCO ids 5 and 9: the ground truth and the results carry the ids, models' labels are mapped."""
+    target = make_target([[10, 10, 60, 50], [70, 20, 120, 90]], [1, 2])
+    gt = ground_truth([(1, "a.png", H, W, target)], CLASSES, category_ids=[5, 9])
+    assert [c["id"] for c in gt["categories"]] == [5, 9]
+    assert [a["category_id"] for a in gt["annotations"]] == [5, 9]
+    output = make_output([[10, 10, 60, 50], [70, 20, 120, 90]], [1, 2], [0.9, 0.8])
+    results = detections(1, output, category_ids=[5, 9])
+    assert [r["category_id"] for r in results] == [5, 9]
+    assert score(gt, results, ("bbox",), print_fn=lambda line: None)["bbox"]["AP"] == pytest.approx(1.0)
+
+    # results left in label space (1, 2) match no category: a clear error, not AP 0
+    with pytest.raises(EvaluationError, match=r"category id\(s\) in the results are not in the ground truth: 1, 2"
+                                              r".*its category ids: 5, 9.*detections\(\.\.\., category_ids=\.\.\.\)"):
+        score(gt, detections(1, output), ("bbox",))
+    with pytest.raises(EvaluationError, match=r"image id\(s\) in the results are not in the ground truth: 7"):
+        score(gt, detections(7, output, category_ids=[5, 9]), ("bbox",))
+    with pytest.raises(EvaluationError, match=r"label 3 is outside the 2 classes"):
+        detections(1, make_output([[1, 1, 9, 9]], [3], [0.5]), category_ids=[5, 9])
+    with pytest.raises(EvaluationError, match="must name each of the 2 classes once"):
+        ground_truth([], CLASSES, category_ids=[5, 5])

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torchvision import tv_tensors
-from torchvision.ops import masks_to_boxes
 
+from segtune.data.boxes import box_areas, is_solid, mask_areas, mask_boxes
 from segtune.data.images import load_rgb, read_size
 from segtune.errors import DatasetError
 from segtune.registry import Registry
@@ -52,7 +52,9 @@ class Instances:
     Attributes:
         labels: int64[N], 1-based contiguous class labels.
         masks: uint8[N, H, W] binary masks, or None for a box-only data set.
-        boxes: float32[N, 4] XYXY pixels; used only when ``masks`` is None (else boxes come from masks).
+        boxes: float[N, 4] XYXY pixels as the data set gives them (COCO's ``bbox``), or None to take
+            each mask's pixel extent (:func:`~segtune.data.boxes.mask_boxes`). Required without masks.
+        area: float[N] as the data set gives it (COCO's ``area``), or None: mask pixels, else box area.
         iscrowd: int64[N] (1 = a crowd region: scored as "ignore" in evaluation, left out of training).
         keypoints: float32[N, K, 3] (x, y, visibility), or None.
         ids: how the data set names each instance in messages (mask values, annotation ids), or None
@@ -62,6 +64,7 @@ class Instances:
     labels: torch.Tensor
     masks: torch.Tensor | None = None
     boxes: torch.Tensor | None = None
+    area: torch.Tensor | None = None
     iscrowd: torch.Tensor | None = None
     keypoints: torch.Tensor | None = None
     ids: list[int] | None = None
@@ -94,14 +97,21 @@ class DetectionDataset(torch.utils.data.Dataset):
     """Base of every format reader. ``dataset[i]`` returns ``(image, target)``:
 
     - ``image``: ``tv_tensors.Image`` uint8[3, H, W] (the transforms turn it into float)
-    - ``boxes``: ``tv_tensors.BoundingBoxes`` float32[N, 4], XYXY, absolute pixels
+    - ``boxes``: ``tv_tensors.BoundingBoxes`` float32[N, 4], XYXY, absolute pixels, clipped to the
+      image: the data set's own boxes where it has them (COCO's ``bbox``), else each mask's pixel
+      extent (:mod:`segtune.data.boxes`: a mask over columns 2..9 has x1 = 2, x2 = 10)
     - ``labels``: int64[N], 1-based; ``masks``: ``tv_tensors.Mask`` uint8[N, H, W] (mask formats only)
-    - ``image_id``: int (stable across splits); ``area``: float32[N] (mask pixels, else box area)
+    - ``image_id``: int (stable across splits); ``area``: float32[N] (the data set's own where it has
+      them, as COCO's polygon areas; else mask pixels, else box area)
     - ``iscrowd``: int64[N]; ``keypoints``: float32[N, K, 3] (keypoint data sets only)
 
-    An image with no instance gives N = 0 and trains as a negative. Instances whose mask has no
-    pixels or whose box has zero width or height are dropped with a warning. Crowd instances are
-    kept when ``keep_crowd`` (evaluation) and left out otherwise (training), as COCO recipes do.
+    :meth:`load` gives the same target untransformed, unclipped and in float64: the annotation as
+    written, which evaluation's ground truth is built from.
+
+    An image with no instance gives N = 0 and trains as a negative. With ``keep_crowd`` (evaluation,
+    the data doctor, export) every annotation is kept, as COCO's evaluation keeps it; without it
+    (training) crowd regions, instances whose mask has no pixels and boxes with zero width or height
+    are left out, as COCO recipes do. Unusable instances are reported as warnings either way.
 
     Subclasses set ``root``, ``classes`` and call :meth:`_set_images`, and implement :meth:`_instances`.
     """
@@ -190,34 +200,41 @@ class DetectionDataset(torch.utils.data.Dataset):
         return image, self._target(index, raw, height, width)
 
     def _target(self, index: int, raw: Instances, height: int, width: int) -> dict[str, Any]:
+        """The target of one image as annotated: float64 ``boxes`` and ``area`` exactly as the data set
+        gives them (or in the convention of :mod:`segtune.data.boxes`), not clamped to the image.
+
+        For training (``keep_crowd=False``) crowd regions, instances with no mask pixels and boxes
+        with no width or height inside the image are dropped; for evaluation every annotation stays,
+        as COCO's evaluation keeps them. Either way the unusable ones are reported once.
+        """
         n = len(raw)
         masks = raw.masks
-        if masks is not None:
-            boxes = masks_to_boxes(masks) if n else torch.zeros((0, 4))
-            area = masks.flatten(1).sum(1).to(torch.float32) if n else torch.zeros((0,))
-            empty = area == 0
+        if raw.boxes is not None:
+            boxes = raw.boxes.to(torch.float64).reshape(-1, 4)
+        elif masks is not None:
+            boxes = mask_boxes(masks).to(torch.float64)
         else:
-            boxes = raw.boxes.to(torch.float32).reshape(-1, 4) if raw.boxes is not None else torch.zeros((0, 4))
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-            area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-            empty = torch.zeros((n,), dtype=torch.bool)
+            boxes = torch.zeros((0, 4), dtype=torch.float64)
+        if raw.area is not None:
+            area = raw.area.to(torch.float64)
+        else:
+            area = (mask_areas(masks) if masks is not None else box_areas(boxes)).to(torch.float64)
+        empty = mask_areas(masks) == 0 if masks is not None else torch.zeros((n,), dtype=torch.bool)
         iscrowd = raw.iscrowd if raw.iscrowd is not None else torch.zeros((n,), dtype=torch.int64)
-        flat = ~empty & ~((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]))
+        flat = ~empty & ~is_solid(clamp_boxes(boxes, height, width))
         where = self._annotation_source(index)
+        use = "left out of training" if self.keep_crowd else "dropped"
         if empty.any():
-            self.problem("empty-mask", where, f"instance(s) {_names(empty, raw.ids)} have no mask pixels; dropped", WARNING)
+            self.problem("empty-mask", where, f"instance(s) {_names(empty, raw.ids)} have no mask pixels; {use}", WARNING)
         if flat.any():
             self.problem("degenerate-box", where,
-                         f"instance(s) {_names(flat, raw.ids)}: zero-width or zero-height box; dropped", WARNING)
-        keep = ~(empty | flat)
-        if not self.keep_crowd:
-            keep &= iscrowd == 0
+                         f"instance(s) {_names(flat, raw.ids)}: zero-width or zero-height box; {use}", WARNING)
+        keep = torch.ones((n,), dtype=torch.bool) if self.keep_crowd else ~(empty | flat) & (iscrowd == 0)
         target: dict[str, Any] = {
-            "boxes": boxes[keep].to(torch.float32),
+            "boxes": boxes[keep],
             "labels": raw.labels[keep].to(torch.int64),
             "image_id": self.image_id(index),
-            "area": area[keep].to(torch.float32),
+            "area": area[keep],
             "iscrowd": iscrowd[keep].to(torch.int64),
         }
         if masks is not None:
@@ -234,7 +251,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         array, target = self.load(index)
         image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
         height, width = array.shape[:2]
-        target["boxes"] = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(height, width))
+        # What a model trains on: float32, inside the image (load() keeps the annotation as written).
+        target["boxes"] = tv_tensors.BoundingBoxes(clamp_boxes(target["boxes"], height, width).to(torch.float32),
+                                                   format="XYXY", canvas_size=(height, width))
+        target["area"] = target["area"].to(torch.float32)
         if "masks" in target:
             target["masks"] = tv_tensors.Mask(target["masks"])
         if self.transforms is not None:
@@ -253,6 +273,14 @@ class DetectionDataset(torch.utils.data.Dataset):
             if progress is not None:
                 progress(i + 1, len(self))
         return total
+
+
+def clamp_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """XYXY ``boxes`` clipped to a ``width`` x ``height`` image (a copy)."""
+    out = boxes.clone()
+    out[:, 0::2] = out[:, 0::2].clamp(0, width)
+    out[:, 1::2] = out[:, 1::2].clamp(0, height)
+    return out
 
 
 def _names(flags: torch.Tensor, ids: list[int] | None) -> list[int]:

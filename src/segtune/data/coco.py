@@ -5,6 +5,9 @@ as a list) or compressed RLE (``counts`` as a string). Category ids need not be 
 categories, in ascending id order, become labels 1..C, and ``category_ids`` maps them back.
 ``iscrowd`` regions are kept for evaluation and left out of training, as COCO recipes do. A data set
 where no annotation has a segmentation is box-only. Images listed with no annotation are negatives.
+Each annotation's own ``bbox`` and ``area`` are kept as written, so evaluation on a COCO file scores
+exactly what pycocotools scores on it; an annotation without them gets its mask's pixel extent and
+pixel count.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from faster_coco_eval.core import mask as mask_utils
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink
+from segtune.data.boxes import box_areas, mask_areas, mask_boxes
 from segtune.errors import DatasetError
 
 # A JSON string (escapes included), a bracket or a colon: enough to follow the nesting and spot keys.
@@ -82,7 +86,8 @@ class _Annotation:
     label: int
     crowd: int
     segmentation: list[list[float]] | dict[str, Any] | None  # None: none given (use the bbox)
-    bbox: list[float] | None
+    bbox: list[float] | None  # None: not given or not [x, y, w, h] (the mask's extent is used)
+    area: float | None  # None: not given (mask pixels, else the box's area, are used)
     keypoints: list[float] | None
 
 
@@ -284,7 +289,8 @@ class CocoDataset(DetectionDataset):
                 boxed.append(aid)
             keypoints = self._check_keypoints(ann.get("keypoints"), aid)
             by_image.setdefault(ann["image_id"], []).append(
-                _Annotation(aid, label, 1 if ann.get("iscrowd") else 0, segmentation, bbox, keypoints))
+                _Annotation(aid, label, 1 if ann.get("iscrowd") else 0, segmentation, bbox,
+                            float(ann["area"]) if _is_number(ann.get("area")) else None, keypoints))
         if boxed:
             self.problem("no-segmentation", where,
                          f"{len(boxed)} annotation(s) have no segmentation (ids {', '.join(map(str, boxed[:5]))}"
@@ -373,11 +379,21 @@ class CocoDataset(DetectionDataset):
             iscrowd=torch.tensor([a.crowd for a in kept], dtype=torch.int64),
             ids=[a.id for a in kept],
         )
+        # The file's own bbox and area, as COCO's evaluation reads them (float64, not clamped); an
+        # annotation without them gets the mask's pixel extent and pixel count (or its box's area).
+        xywh = torch.tensor([a.bbox if a.bbox is not None else [0.0] * 4 for a in kept],
+                            dtype=torch.float64).reshape(-1, 4)
+        boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+        given_box = torch.tensor([a.bbox is not None for a in kept], dtype=torch.bool)
         if self.has_masks:
             raw.masks = (torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, height, width))).to(torch.uint8)
+            boxes = torch.where(given_box[:, None], boxes, mask_boxes(raw.masks).to(torch.float64))
+            fallback_area = mask_areas(raw.masks).to(torch.float64)
         else:
-            xywh = torch.tensor([a.bbox for a in kept], dtype=torch.float32).reshape(-1, 4)
-            raw.boxes = torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
+            fallback_area = box_areas(boxes)
+        raw.boxes = boxes
+        raw.area = torch.tensor([a.area if a.area is not None else float(fallback_area[i]) for i, a in enumerate(kept)],
+                                dtype=torch.float64)
         if self.num_keypoints:
             points = torch.zeros((n, self.num_keypoints, 3), dtype=torch.float32)
             for i, ann in enumerate(kept):

@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 from torchvision import tv_tensors
-from torchvision.ops import masks_to_boxes
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
+from segtune.data.boxes import mask_areas, mask_boxes
 from segtune.errors import ConfigError
 
 Batch = list[tuple[Any, dict[str, Any]]]
@@ -42,8 +42,8 @@ class CopyPaste:
     For each image of the batch another image of the batch is picked; a random non-empty subset of its
     (non-crowd) instances is resized with it to the destination's size and pasted: their pixels replace
     the destination's, the destination's masks lose the pixels under them, and a destination instance
-    left with fewer than ``min_visible`` of its pixels (or a zero-width or zero-height box) is dropped.
-    Boxes are recomputed from the masks and ``area`` from the mask pixels. A batch of one image passes
+    left with fewer than ``min_visible`` of its pixels (or none) is dropped. Boxes are recomputed as
+    the masks' pixel extent (:mod:`segtune.data.boxes`) and ``area`` as their pixel counts. A batch of one image passes
     through unchanged (the last batch of an epoch may be one image).
 
     Picklable, so DataLoader workers can run it. Randomness: with ``seed=None`` torch's global generator
@@ -134,14 +134,12 @@ class CopyPaste:
             "labels": torch.cat([target["labels"][kept], src["labels"][chosen]]),
             "iscrowd": torch.cat([_iscrowd(target)[kept], torch.zeros(n_src, dtype=torch.int64)]),
         }
-        boxes = masks_to_boxes(merged["masks"]) if len(merged["masks"]) else torch.zeros((0, 4))
-        # masks_to_boxes gives inclusive last pixels: a one-pixel-wide sliver has a zero-width box,
-        # which torchvision's detection models reject, so it goes (as DetectionDataset drops such boxes).
-        solid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        # Every instance left has pixels (kept ones have after > 0, pasted ones are alive), so its
+        # pixel-extent box has positive width and height: nothing to drop.
         out = {k: v for k, v in target.items() if k not in INSTANCE_KEYS}
-        out.update({k: v[solid] for k, v in merged.items()})
-        out["boxes"] = boxes[solid].to(torch.float32)
-        out["area"] = out["masks"].flatten(1).sum(1).to(torch.float32)
+        out.update(merged)
+        out["boxes"] = mask_boxes(merged["masks"])
+        out["area"] = mask_areas(merged["masks"])
         return image, out
 
 

@@ -12,8 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from faster_coco_eval.core import mask as mask_utils
-
 from segtune.data.base import DetectionDataset, relative_name
 from segtune.data.build import open_dataset
 from segtune.data.coco_json import encode_masks, xyxy_to_xywh
@@ -31,8 +29,8 @@ def to_coco(dataset: DetectionDataset, *, file_root: Path | None = None,
 
     Returns:
         ``{"images", "annotations", "categories"}``. Image ids are ``dataset.image_id(i)``; annotation
-        ids count from 1; ``bbox`` is ``[x, y, width, height]`` (for masks, the RLE's tight box as
-        COCO computes it); ``segmentation`` is compressed RLE with ``counts`` as str.
+        ids count from 1; ``bbox`` is ``[x, y, width, height]``: the data set's own box where it has one,
+        else the mask's pixel extent, which is the box COCO's ``toBbox`` gives its RLE; ``segmentation`` is compressed RLE with ``counts`` as str.
     """
     images, annotations = [], []
     for i in range(len(dataset)):
@@ -56,7 +54,6 @@ def to_coco(dataset: DetectionDataset, *, file_root: Path | None = None,
             }
             if rles[j] is not None:
                 ann["segmentation"] = rles[j]
-                ann["bbox"] = [float(v) for v in mask_utils.toBbox(rles[j])]
             if keypoints is not None:
                 points = keypoints[j]
                 ann["keypoints"] = [float(v) if k % 3 < 2 else int(v) for k, v in enumerate(points.flatten().tolist())]

@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 from torchvision import tv_tensors
-from torchvision.ops import masks_to_boxes
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
+from segtune.data.boxes import box_areas, mask_areas, mask_boxes
 from segtune.errors import ConfigError
 
 #: Every preset name ``train.augment`` accepts.
@@ -285,27 +285,22 @@ def _crop(image: tv_tensors.Image, target: Target, top: int, left: int, height: 
 def _refit(target: Target) -> Target:
     """Make boxes and ``area`` agree with the masks again after a resample (resize or crop).
 
-    Boxes are recomputed from the resized masks, as Detectron2 does after crops: a box scaled as
-    numbers drifts from its nearest-neighbour-resized mask by up to the scale factor, because the
-    data sets' boxes come from ``masks_to_boxes`` (inclusive last pixel). ``area`` is recomputed
-    because evaluation-style area filters and the copy-paste collate read it: mask pixels when there
-    are masks, else the box area (the same definitions as ``DetectionDataset``). Instances whose mask
-    is now empty get an all-zero box, which SanitizeBoundingBoxes then drops with their other fields.
-    A flip moves no pixel count, so it keeps both.
+    Boxes are recomputed from the resized masks as their pixel extent (:func:`~segtune.data.boxes.mask_boxes`,
+    the convention of every reader), as Detectron2 does after crops: a box scaled as numbers drifts
+    from its nearest-neighbour-resized mask by up to the scale factor. ``area`` is recomputed because
+    evaluation-style area filters and the copy-paste collate read it: mask pixels when there are
+    masks, else the box area (the same definitions as ``DetectionDataset``). Instances whose mask is
+    now empty get an all-zero box, which SanitizeBoundingBoxes then drops with their other fields.
+    A flip moves no pixel count and maps a mask's extent onto the flipped mask's, so it keeps both.
     """
     boxes = target["boxes"]
     if "masks" in target:
         masks = target["masks"]
-        present = masks.flatten(1).any(1).bool()  # any() of uint8 is uint8, not a boolean index
-        fitted = torch.zeros((len(masks), 4), dtype=boxes.dtype)
-        if present.any():
-            fitted[present] = masks_to_boxes(masks[present].as_subclass(torch.Tensor)).to(boxes.dtype)
-        target["boxes"] = tv_tensors.wrap(fitted, like=boxes)
+        target["boxes"] = tv_tensors.wrap(mask_boxes(masks).to(boxes.dtype), like=boxes)
         if "area" in target:
-            target["area"] = masks.flatten(1).sum(1).to(torch.float32).as_subclass(torch.Tensor)
+            target["area"] = mask_areas(masks)
     elif "area" in target:
-        plain = boxes.as_subclass(torch.Tensor)
-        target["area"] = ((plain[:, 2] - plain[:, 0]) * (plain[:, 3] - plain[:, 1])).to(torch.float32)
+        target["area"] = box_areas(boxes).to(torch.float32)
     return target
 
 

@@ -1,4 +1,16 @@
-"""Owns COCO scoring: ground truth and detections in COCO JSON form, scored by faster-coco-eval."""
+"""Owns COCO scoring: ground truth and detections in COCO JSON form, scored by faster-coco-eval.
+
+Two id spaces meet here, and the API keeps them apart:
+
+- **labels**: what segtune's models predict and its targets hold, contiguous 1..C in the order of
+  the data set's classes;
+- **category ids**: the data set's own ids (COCO's ``category_id``, which need not be contiguous; for
+  formats without ids, 1..C). ``category_ids[label - 1]`` is the id of a label.
+
+The ground truth JSON (:func:`ground_truth`) and the results (:func:`detections`) both carry category
+ids, as COCO files do, so a results file written by anyone for a COCO data set scores as it would
+in pycocotools. :func:`score` refuses results whose ids are not in the ground truth.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +24,7 @@ import torch
 from faster_coco_eval import COCO, COCOeval_faster
 
 from segtune.data.coco_json import encode_masks, xyxy_to_xywh
+from segtune.errors import EvaluationError
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +54,27 @@ def ground_truth(
     items: Sequence[tuple[int, str, int, int, dict[str, Any]]],
     classes: Sequence[str],
     *,
+    category_ids: Sequence[int] | None = None,
     keypoint_names: Sequence[str] | None = None,
     skeleton: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """COCO instances (or person-keypoints) JSON for ``items`` of ``(image_id, file_name, height, width, target)``.
 
-    ``target`` holds untransformed ``boxes`` (XYXY), ``labels``, ``masks``, ``area`` and ``iscrowd``,
-    and for keypoint data sets ``keypoints`` float[N, K, 3] (x, y, visibility 0/1/2 in pixels).
-    Labels are 1-based and equal the COCO category ids. Annotations then carry ``keypoints``
-    (K x 3 numbers) and ``num_keypoints`` (labelled ones, v > 0: COCO ignores annotations with none),
-    and categories carry ``keypoints`` (``keypoint_names``) and ``skeleton`` (1-based pairs, as COCO).
+    ``target`` holds untransformed ``boxes`` (XYXY), ``labels`` (1-based, contiguous), ``masks``,
+    ``area`` and ``iscrowd``, and for keypoint data sets ``keypoints`` float[N, K, 3] (x, y,
+    visibility 0/1/2 in pixels). Boxes and areas are written as given: for a COCO file they are its
+    own ``bbox`` and ``area``, so scoring matches pycocotools on that file.
+
+    Args:
+        classes: the class names, label order.
+        category_ids: the id of each class (``category_ids[label - 1]``), written as the categories'
+            ids and the annotations' ``category_id``; default 1..C.
+
+    Annotations carry ``keypoints`` (K x 3 numbers) and ``num_keypoints`` (labelled ones, v > 0: COCO
+    ignores annotations with none), and categories carry ``keypoints`` (``keypoint_names``) and
+    ``skeleton`` (1-based pairs, as COCO).
     """
+    ids = _check_category_ids(classes, category_ids)
     images, annotations = [], []
     for image_id, file_name, height, width, target in items:
         images.append({"id": int(image_id), "file_name": file_name, "height": int(height), "width": int(width)})
@@ -63,10 +86,10 @@ def ground_truth(
             flat = points.to(torch.float64).flatten(1).tolist()
             visible = (points[..., 2] > 0).sum(dim=1).tolist()
         for k, (box, label, area, crowd, rle) in enumerate(zip(
-            xyxy_to_xywh(target["boxes"]), target["labels"].tolist(), target["area"].tolist(),
+            xyxy_to_xywh(target["boxes"]), target["labels"].tolist(), target["area"].to(torch.float64).tolist(),
             target["iscrowd"].tolist(), rles,
         )):
-            ann = {"id": len(annotations) + 1, "image_id": int(image_id), "category_id": int(label),
+            ann = {"id": len(annotations) + 1, "image_id": int(image_id), "category_id": _category_of(label, ids),
                    "bbox": box, "area": float(area), "iscrowd": int(crowd)}
             if rle is not None:
                 ann["segmentation"] = rle
@@ -74,7 +97,7 @@ def ground_truth(
                 ann["keypoints"] = flat[k]
                 ann["num_keypoints"] = int(visible[k])
             annotations.append(ann)
-    categories: list[dict[str, Any]] = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
+    categories: list[dict[str, Any]] = [{"id": cat_id, "name": name} for cat_id, name in zip(ids, classes)]
     if keypoint_names:
         for cat in categories:
             cat["keypoints"] = list(keypoint_names)
@@ -82,10 +105,28 @@ def ground_truth(
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def detections(image_id: int, output: dict[str, torch.Tensor], *, mask_threshold: float = 0.5) -> list[dict[str, Any]]:
-    """COCO results entries for one image's model output.
+def _check_category_ids(classes: Sequence[str], category_ids: Sequence[int] | None) -> list[int]:
+    if category_ids is None:
+        return list(range(1, len(classes) + 1))
+    ids = [int(i) for i in category_ids]
+    if len(ids) != len(classes) or len(set(ids)) != len(ids):
+        raise EvaluationError(f"category_ids {ids} must name each of the {len(classes)} classes once")
+    return ids
 
-    ``output`` holds ``boxes`` float[N, 4] XYXY, ``scores``, ``labels``, and optionally ``masks``
+
+def _category_of(label: int, category_ids: Sequence[int]) -> int:
+    """The category id of 1-based ``label``; a label outside 1..C is a clear error, not a silent miss."""
+    if not 1 <= label <= len(category_ids):
+        raise EvaluationError(f"label {label} is outside the {len(category_ids)} classes (labels are 1..{len(category_ids)})")
+    return int(category_ids[label - 1])
+
+
+def detections(image_id: int, output: dict[str, torch.Tensor], *, category_ids: Sequence[int] | None = None,
+               mask_threshold: float = 0.5) -> list[dict[str, Any]]:
+    """COCO results entries for one image's model output, with ``category_id = category_ids[label - 1]``
+    (default: the label itself, for data sets whose ids are 1..C).
+
+    ``output`` holds ``boxes`` float[N, 4] XYXY, ``scores``, ``labels`` (1-based), and optionally ``masks``
     float[N, 1, H, W] (probabilities), ``keypoints`` float[N, K, 3] (x, y, visibility) and
     ``keypoints_scores`` float[N, K]. Entries get ``bbox`` (XYWH) and, when present,
     ``segmentation`` (RLE), ``keypoints`` (K x 3 numbers) and ``keypoint_scores`` (K numbers, not
@@ -108,7 +149,8 @@ def detections(image_id: int, output: dict[str, torch.Tensor], *, mask_threshold
     for box, score, label, rle, kps, kps_scores in zip(
         xyxy_to_xywh(boxes), output["scores"].tolist(), output["labels"].tolist(), rles, points, point_scores
     ):
-        entry = {"image_id": int(image_id), "category_id": int(label), "bbox": box, "score": float(score)}
+        category = _category_of(label, category_ids) if category_ids is not None else int(label)
+        entry = {"image_id": int(image_id), "category_id": category, "bbox": box, "score": float(score)}
         if rle is not None:
             entry["segmentation"] = rle
         if kps is not None:
@@ -148,6 +190,9 @@ def score(
 ) -> dict[str, dict[str, float]]:
     """Score ``results`` against ``gt`` with faster-coco-eval; return COCO's summary per IoU type.
 
+    ``results`` are COCO results entries whose ``category_id`` and ``image_id`` are the ground
+    truth's (see the module's note on labels and category ids; :func:`detections` maps labels).
+
     ``bbox`` and ``segm`` give the 12 :data:`STAT_NAMES`, ``keypoints`` (OKS) the 10
     :data:`KEYPOINT_STAT_NAMES`. A value of -1 means "no ground truth to measure against" (COCO's
     convention). Empty results and images without objects are valid input.
@@ -157,8 +202,12 @@ def score(
             :data:`UNIFORM_KEYPOINT_SIGMA` for each (see there why).
         per_class: if given, filled with ``{iou_type: {category name: AP}}`` (AP at IoU 0.50:0.95,
             all areas, 100 detections; -1 for a class with no ground truth).
+
+    Raises:
+        EvaluationError: a result's ``category_id`` or ``image_id`` is not in ``gt``.
     """
     print_fn = print_fn or logger.info
+    check_results(gt, results)
     coco_gt = COCO(copy.deepcopy(gt))  # faster-coco-eval adds fields to the annotations it is given
     out: dict[str, dict[str, float]] = {}
     for iou_type in iou_types:
@@ -181,6 +230,35 @@ def score(
         if per_class is not None:
             per_class[iou_type] = _per_class_ap(evaluator, gt)
     return out
+
+
+def check_results(gt: dict[str, Any], results: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`EvaluationError` when ``results`` name categories or images ``gt`` does not have.
+
+    COCO scoring would count such detections as false positives of a class that does not exist (or
+    assert on unknown images), and report a low AP with no word of why.
+    """
+    known = [int(c["id"]) for c in gt["categories"]]
+    known_set = set(known)
+    unknown = sorted({r["category_id"] for r in results if r.get("category_id") not in known_set}, key=str)
+    if unknown:
+        contiguous = known != list(range(1, len(known) + 1))
+        hint = (f"; if these are segtune's labels 1..{len(known)}, map them with "
+                f"detections(..., category_ids=...)" if contiguous else "")
+        raise EvaluationError(
+            f"{len(unknown)} category id(s) in the results are not in the ground truth: "
+            f"{', '.join(map(str, unknown[:10]))}{', ...' if len(unknown) > 10 else ''} "
+            f"(its category ids: {_id_list(known)}){hint}")
+    images = {int(i["id"]) for i in gt["images"]}
+    stray = sorted({r["image_id"] for r in results if r.get("image_id") not in images}, key=str)
+    if stray:
+        raise EvaluationError(
+            f"{len(stray)} image id(s) in the results are not in the ground truth: "
+            f"{', '.join(map(str, stray[:10]))}{', ...' if len(stray) > 10 else ''}")
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    return ", ".join(map(str, ids[:12])) + (f", ... ({len(ids)} in all)" if len(ids) > 12 else "")
 
 
 def _per_class_ap(evaluator: Any, gt: dict[str, Any]) -> dict[str, float]:

@@ -50,14 +50,26 @@ def primary_metric(metrics: dict[str, dict[str, float]]) -> float:
 
 
 def dataset_ground_truth(dataset: Any, classes: list[str]) -> dict[str, Any]:
-    """COCO JSON of a data set's untransformed targets (decodes every image and mask once)."""
+    """COCO JSON of a data set's targets as annotated (decodes every image and mask once).
+
+    Its categories carry the data set's own ids (``dataset.category_ids``), and its boxes and areas
+    are the data set's own where it has them (a COCO file's ``bbox`` and ``area``), else the
+    documented convention (:mod:`segtune.data.boxes`): scored as pycocotools scores the same file.
+    """
     items = []
     for i in range(len(dataset)):
         image, target = dataset.load(i)
         height, width = image.shape[:2]
         items.append((dataset.image_id(i), dataset.files[i], height, width, target))
-    return ground_truth(items, classes, keypoint_names=getattr(dataset, "keypoint_names", None),
+    return ground_truth(items, classes, category_ids=category_ids_of(dataset, classes),
+                        keypoint_names=getattr(dataset, "keypoint_names", None),
                         skeleton=getattr(dataset, "skeleton", None))
+
+
+def category_ids_of(dataset: Any, classes: list[str]) -> list[int]:
+    """The data set's own id of each class (COCO category ids), or 1..C for formats without ids."""
+    ids = list(getattr(dataset, "category_ids", None) or [])
+    return ids if len(ids) == len(classes) else list(range(1, len(classes) + 1))
 
 
 def has_masks(model: nn.Module) -> bool:
@@ -118,6 +130,7 @@ def evaluate_model(
     results: list[dict[str, Any]] = []
     output_keys: set[str] = set()
     rank, world = shard
+    category_ids = category_ids_of(dataset, classes)
     part = dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
     loader = build_loader(part, batch_size=batch_size, train=False, workers=workers)
     try:
@@ -126,7 +139,7 @@ def evaluate_model(
             for target, output in zip(targets, outputs):
                 output_keys.update(output)
                 results.extend(detections(target["image_id"], {k: v.cpu() for k, v in output.items()},
-                                          mask_threshold=mask_threshold))
+                                          category_ids=category_ids, mask_threshold=mask_threshold))
     finally:
         model.train(was_training)
     if gather is not None and world > 1:
