@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from segtune import __version__
-from segtune.errors import CheckpointError
+from segtune.version import __version__
+from segtune.config import Config, build_config, flatten
+from segtune.errors import CheckpointError, ConfigError
 from segtune.fileio import atomic_write
 
 FORMAT_VERSION = 1
@@ -65,6 +66,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     ckpt["path"] = str(path)
     return ckpt
+
+
+def checkpoint_config(ckpt: dict[str, Any]) -> Config:
+    """The resolved config a checkpoint was trained with.
+
+    Raises:
+        CheckpointError: the stored config does not load in this segtune.
+    """
+    try:
+        return build_config(("checkpoint config", flatten(ckpt["config"])))
+    except ConfigError as e:
+        raise CheckpointError(f"{ckpt.get('path', 'checkpoint')}: its config does not load ({e})") from None
 
 
 def keypoint_info(dataset: Any) -> dict[str, Any]:

@@ -128,6 +128,8 @@ class TrainConfig:
     early_stop_patience: int | None = _opt(None, "stop when the best metric has not improved for this many epochs")
     early_stop_metric: str = _opt("auto", "metric for best.pt and early stopping: auto (segm AP, else keypoints AP, else bbox AP) "
                                   "or type/stat, e.g. bbox/AP50")
+    val_loss: bool = _opt(True, "after every epoch's evaluation, also compute the loss terms on the test split "
+                          "(val/loss in metrics.csv and results.png)")
     tensorboard: bool = _opt(True, "write TensorBoard event files into the run folder (tb/)")
     sync_bn: bool = _opt(False, "distributed: convert BatchNorm to SyncBatchNorm")
     augment: list[str] = _opt(["hflip"], "augmentation presets, comma-separated: hflip, multiscale, lsj, "
@@ -198,7 +200,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # The recipe for "no pretrained weights and no GPU": a Mask R-CNN small enough to take thousands
     # of steps in an hour on a 2-core CPU, with normalisation that trains from scratch. Chosen by the
-    # search recorded in benchmarks/results/recipe_search.jsonl (README "The CPU recipe").
+    # search recorded in benchmarks/results/recipe_search.jsonl (docs/cpu-recipe.md).
     "cpu-scratch": {
         "model.name": "maskrcnn",
         "model.backbone": "resnet18",
@@ -223,7 +225,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.clip_grad_norm": 10.0,
         # Strong augmentation for 120 images: large-scale jitter of the 320-px square (0.5-1.5) and
         # copy-paste of instances between the images of a batch. Slower in the first minutes, but the
-        # hour does not flatten (README "The CPU recipe": 3 seeds with and without).
+        # hour does not flatten (docs/cpu-recipe.md: 3 seeds with and without).
         "train.augment": ["hflip", "lsj", "copypaste"],
         "train.lsj_scale": [0.5, 1.5],
         "train.amp": "bf16",  # 1.4x the steps per minute on CPUs with AVX-512 BF16; plain autocast elsewhere

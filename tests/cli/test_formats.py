@@ -101,6 +101,12 @@ def test_train_detects_the_format_and_takes_its_classes(tmp_path: Path, fmt: str
     assert set(history[0]["per_class"]["segm"]) == {"cat", "dog"}
     assert "segm/AP/dog" in (run / "metrics.csv").read_text().splitlines()[0]
     assert "per-class segm AP: cat" in log
+    # predict --split test finds the test images wherever this format keeps them
+    test_files = json.loads((run / "split.json").read_text())["test"]
+    assert main(["predict", str(run), "--split", "test", "--out", str(tmp_path / "preds"), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (tmp_path / "preds").glob("*.png")) == sorted(Path(f).stem + ".png" for f in test_files)
+    results = json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    assert {Path(r["file_name"]).name for r in results} <= {Path(f).name for f in test_files}
     # The same data named explicitly with --format trains too.
     assert _train(data, tmp_path / "run2", "--format", fmt) == 0
 

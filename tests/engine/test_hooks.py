@@ -198,5 +198,7 @@ def test_callback_hook_runs_user_functions(tmp_path: Path) -> None:
 
 
 def test_built_in_hooks_are_registered() -> None:
-    assert HOOKS.names() == ["callback", "early_stopping", "results_plot", "tensorboard"]
+    import segtune.engine.val_loss  # noqa: F401  (registers the validation loss)
+
+    assert HOOKS.names() == ["callback", "early_stopping", "results_plot", "tensorboard", "val_loss"]
     assert HOOKS.get("early_stopping") is EarlyStopping

@@ -11,7 +11,7 @@ import sys
 import traceback
 import warnings
 
-from segtune import __version__
+from segtune.version import __version__
 from segtune.cli import data as data_cmd
 from segtune.cli import evaluate as evaluate_cmd
 from segtune.cli import models as models_cmd

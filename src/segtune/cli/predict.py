@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from segtune.checkpoint import load_checkpoint
-from segtune.config import resolve_data_path
 from segtune.errors import ConfigError
-from segtune.predict import Predictor, predict_to_folder
+from segtune.predict import Predictor, predict_to_folder, split_images
 
 
 def add_parser(sub: Any) -> None:
@@ -19,6 +16,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
     p.add_argument("inputs", nargs="*", help="image files, folders, or glob patterns")
     p.add_argument("--split", choices=["test", "train"], help="predict on this split of the run's data set instead")
+    p.add_argument("--data", help="with --split: the run's data set, if it moved since training")
     p.add_argument("--out", default="preds", help="output folder (default: preds)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default: 0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
@@ -28,10 +26,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     inputs = list(args.inputs)
     if args.split:
-        ckpt = load_checkpoint(args.checkpoint)
-        cfg = ckpt["config"]["data"]
-        images = Path(resolve_data_path(cfg.get("path"))) / cfg["images_dir"]
-        inputs += [str(images / name) for name in ckpt["split"][args.split]]
+        inputs += [str(path) for path in split_images(args.checkpoint, args.split, data=args.data)]
     if not inputs:
         raise ConfigError("predict needs image files, folders or globs, or --split test")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
-from pathlib import Path
 from typing import Any
 
 from segtune.cli.options import add_section_flags, section_flags
-from segtune.config import SECTIONS, flatten, load_yaml, parse_value
-from segtune.configs import named_config, named_configs
+from segtune.config import SECTIONS, parse_value
+from segtune.configs import named_configs
 from segtune.engine import configure, train
-from segtune.checkpoint import load_checkpoint
 from segtune.engine.run import CONFIG_FILE
-from segtune.engine.state import find_resume_checkpoint
 from segtune.errors import ConfigError
-
-logger = logging.getLogger("segtune")
-
 
 
 def add_parser(sub: Any) -> None:
@@ -40,18 +33,8 @@ def add_parser(sub: Any) -> None:
 
 
 def user_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    """The flags and ``section.key=value`` overrides, as :func:`segtune.engine.configure` layers."""
     layers = []
-    resume = vars(args).get("train.resume")
-    if resume:
-        # The run's own config first, so `--resume RUN` alone repeats it; anything given here overrides it.
-        last = find_resume_checkpoint(resume, vars(args).get("train.out", "runs/train"))
-        run_config = flatten(load_checkpoint(last)["config"])
-        run_config.pop("train.resume", None)
-        layers.append((f"{last} (config of the resumed run)", run_config))
-    if args.config:
-        # A value that is not a file names a packaged config (segtune/configs/NAME.yaml).
-        path = Path(args.config) if Path(args.config).is_file() else named_config(args.config)
-        layers.append((str(path), flatten(load_yaml(path))))
     flags = {k: v for section in SECTIONS for k, v in section_flags(args, section).items()}
     if flags:
         layers.append(("command line", flags))
@@ -67,7 +50,7 @@ def user_layers(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = configure(*user_layers(args))
+    cfg = configure(*user_layers(args), config=args.config)
     result = train(cfg)
     best = result.best_metrics
     segm = f", segm AP {best['segm']['AP']:.3f}" if "segm" in best else ""

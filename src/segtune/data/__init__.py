@@ -1,8 +1,8 @@
 """Data sets in several formats, checks, transforms, batching and splits. Imports only from segtune's bottom layer."""
 
 from segtune.data.base import FORMATS, DetectionDataset, Instances, Problem, ProblemSink
-from segtune.data.build import build_dataset, build_loader, detect_format, open_dataset
-from segtune.data.check import CheckReport, check_dataset, raise_on_errors
+from segtune.data.build import build_dataset, build_loader, detect_format, open_dataset, prepare
+from segtune.data.check import CheckReport, check_dataset, check_opened, open_and_check, raise_on_errors
 from segtune.data.coco import CocoDataset
 from segtune.data.collate import CopyPaste, build_collate, collate
 from segtune.data.convert import convert_to_coco, to_coco
@@ -17,7 +17,7 @@ from segtune.data.yolo import YoloDataset
 __all__ = [
     "FORMATS", "CheckReport", "CocoDataset", "CopyPaste", "DetectionDataset", "GroupedBatchSampler", "Instances",
     "LabelmeDataset", "MaskFolderDataset", "Problem", "ProblemSink", "YoloDataset", "build_collate", "build_dataset",
-    "build_loader", "build_transforms", "check_dataset", "collate", "convert_to_coco", "detect_format",
-    "load_split", "make_batch_sampler", "make_split", "open_dataset", "raise_on_errors", "save_grid", "save_split",
+    "build_loader", "build_transforms", "check_dataset", "check_opened", "collate", "convert_to_coco", "detect_format",
+    "load_split", "make_batch_sampler", "make_split", "open_and_check", "open_dataset", "prepare", "raise_on_errors", "save_grid", "save_split",
     "to_coco",
 ]

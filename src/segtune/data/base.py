@@ -7,6 +7,7 @@ into the target dict torchvision's detection models expect, so every format yiel
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -179,6 +180,22 @@ class DetectionDataset(torch.utils.data.Dataset):
                                + (f" ({len(unknown) - 1} more)" if len(unknown) > 1 else ""))
         self.files = files
 
+    def view(self, files: Sequence[str] | None = None, *, transforms: Callable | None = None,
+             keep_crowd: bool | None = None, sink: ProblemSink | None = None) -> DetectionDataset:
+        """The same data set restricted to ``files`` (a split), with its own transforms, crowd rule and sink.
+
+        A shallow copy: the parsed annotations are shared, nothing is read again, so a run opens its
+        data once and takes its train and test splits as views of it.
+        """
+        out = copy.copy(self)
+        out.select(files)
+        out.transforms = transforms
+        if keep_crowd is not None:
+            out.keep_crowd = keep_crowd
+        if sink is not None:
+            out.sink = sink
+        return out
+
     def __len__(self) -> int:
         return len(self.files)
 
@@ -198,6 +215,12 @@ class DetectionDataset(torch.utils.data.Dataset):
         height, width = image.shape[:2]
         raw = self._instances(index, height, width)
         return image, self._target(index, raw, height, width)
+
+    def annotation(self, index: int) -> tuple[int, int, dict[str, Any]]:
+        """``(height, width, target)`` of image ``index`` as :meth:`load` gives them, without decoding its
+        pixels (the size comes from the file header): what evaluation's ground truth needs."""
+        height, width = self.get_height_and_width(index)
+        return height, width, self._target(index, self._instances(index, height, width), height, width)
 
     def _target(self, index: int, raw: Instances, height: int, width: int) -> dict[str, Any]:
         """The target of one image as annotated: float64 ``boxes`` and ``area`` exactly as the data set

@@ -34,7 +34,7 @@ def detect_format(path: str | Path, data_cfg: Any) -> str:
     holds = ", ".join(sorted(p.name for p in path.iterdir())[:10]) if path.is_dir() else "a file"
     raise DatasetError(
         f"{path}: cannot tell the data format (it holds: {holds or 'nothing'}); expected one of "
-        f"{', '.join(n for n in DETECT_ORDER if n in FORMATS)} (see README 'Data formats'), or pass --format"
+        f"{', '.join(n for n in DETECT_ORDER if n in FORMATS)} (see docs/data-formats.md), or pass --format"
     )
 
 
@@ -52,26 +52,34 @@ def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool 
                   augment: Sequence[str] = ("hflip",), hflip_prob: float = 0.5,
                   sink: ProblemSink | None = None, image_size: int | None = None,
                   lsj_scale: Sequence[float] | None = None) -> DetectionDataset:
-    """A data set for training (augmented, crowd regions left out) or evaluation (as annotated).
+    """Open the data set ``data_cfg`` describes and :func:`prepare` it for training or evaluation."""
+    dataset = open_dataset(data_cfg, keep_crowd=not train, sink=sink)
+    return prepare(dataset, files=files, train=train, augment=augment, hflip_prob=hflip_prob, image_size=image_size,
+                   lsj_scale=lsj_scale)
 
-    ``augment`` names the presets of :func:`segtune.data.transforms.build_transforms` (used when
-    ``train``). ``image_size`` is the model's input size (its shorter side, ``model.min_size``): the
-    resampling presets work at that scale (``lsj`` on an ``image_size`` square, ``multiscale`` sizes
-    scaled from the 800-px reference recipe), so small models do not pay for 1024-px crops;
-    ``lsj_scale`` is ``lsj``'s scale range (default that of the papers, 0.1-2). Raises
-    ConfigError when ``copypaste`` is asked of a data set without masks.
+
+def prepare(dataset: DetectionDataset, *, files: list[str] | None = None, train: bool = False,
+            augment: Sequence[str] = ("hflip",), hflip_prob: float = 0.5, image_size: int | None = None,
+            lsj_scale: Sequence[float] | None = None) -> DetectionDataset:
+    """A view of an opened data set for training (augmented, crowd regions left out) or evaluation (as annotated).
+
+    ``files`` selects the split (None: every image). ``augment`` names the presets of
+    :func:`segtune.data.transforms.build_transforms` (used when ``train``). ``image_size`` is the
+    model's input size (its shorter side, ``model.min_size``): the resampling presets work at that
+    scale (``lsj`` on an ``image_size`` square, ``multiscale`` sizes scaled from the 800-px reference
+    recipe), so small models do not pay for 1024-px crops; ``lsj_scale`` is ``lsj``'s scale range
+    (default that of the papers, 0.1-2). Raises ConfigError when ``copypaste`` is asked of a data set
+    without masks.
     """
-    # The transforms need the data set's keypoint names (the flip map), so open it first.
-    dataset = open_dataset(data_cfg, files=files, keep_crowd=not train, sink=sink)
     sizes: dict[str, Any] = {} if image_size is None else scaled_sizes(image_size)
     if lsj_scale is not None:
         sizes["lsj_scale"] = (float(lsj_scale[0]), float(lsj_scale[1]))
-    dataset.transforms = build_transforms(train=train, augment=augment, hflip_prob=hflip_prob,
-                                          keypoint_names=dataset.keypoint_names, **sizes)
+    transforms = build_transforms(train=train, augment=augment, hflip_prob=hflip_prob,
+                                  keypoint_names=dataset.keypoint_names, **sizes)
     if train and "copypaste" in augment and not dataset.has_masks:
         raise ConfigError(f"{dataset.root}: train.augment 'copypaste' needs instance masks, but this data set "
                           "has boxes only; remove it")
-    return dataset
+    return dataset.view(files, transforms=transforms, keep_crowd=not train)
 
 
 def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: bool, workers: int,

@@ -175,14 +175,33 @@ def check_dataset(data_cfg: Any, *, progress: bool = True) -> CheckReport:
         DatasetError: the data set cannot be opened at all (no such folder, format not recognised,
             an annotation file that is not valid JSON): there is nothing to scan.
     """
-    sink = ProblemSink(collect=True)
-    dataset = open_dataset(data_cfg, keep_crowd=True, sink=sink)
+    return open_and_check(data_cfg, progress=progress)[1]
+
+
+def open_and_check(data_cfg: Any, *, progress: bool = True) -> tuple[DetectionDataset, CheckReport]:
+    """Open the data set once and check it (see :func:`check_dataset`): the data set and the report.
+
+    The data set comes back with every annotation (``keep_crowd``), no transforms, and a sink that
+    logs each further problem once, ready to be split into views (:meth:`DetectionDataset.view`).
+    """
+    dataset = open_dataset(data_cfg, keep_crowd=True, sink=ProblemSink(collect=True))
+    return dataset, check_opened(dataset, data_cfg, progress=progress)
+
+
+def check_opened(dataset: DetectionDataset, data_cfg: Any, *, progress: bool = True) -> CheckReport:
+    """Check a data set that is already open (the problems its reader collected while opening come first).
+
+    Afterwards the data set logs each further problem once instead of collecting it.
+    """
+    sink = dataset.sink if dataset.sink.collect else ProblemSink(collect=True)
+    dataset.sink = sink
     # Name the data set as the user gave it (a COCO file, not the image folder it points to).
     report = CheckReport(path=str(resolve_data_path(data_cfg.path)), format=dataset.format, classes=list(dataset.classes),
                          min_box_size=float(data_cfg.min_box_size))
     _scan(dataset, report, progress=progress)
     # The reader's problems (construction and per image) first, in the order found, then the scan's own.
     report.problems = sink.problems + report.problems
+    dataset.sink = ProblemSink()
     return report
 
 

@@ -11,10 +11,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from segtune.config import Config
+from segtune.engine.run import SPLIT_FILE
 from segtune.runtime import format_seconds, is_terminal, peak_memory_mb
 
 logger = logging.getLogger("segtune.train")
@@ -110,7 +112,7 @@ def log_setting_notes(cfg: Config, device: torch.device) -> None:
     if cfg.model.weights in ("none", "None", "") and cfg.model.weights_backbone in ("none", "None", ""):
         if cfg.train.preset == "cpu-scratch":
             expect = ("the cpu-scratch recipe is made for this: on 2 CPU cores it reaches about 0.3 segm AP on "
-                      "Penn-Fudan in 10 minutes and about 0.54 in an hour (README 'The CPU recipe')")
+                      "Penn-Fudan in 10 minutes and about 0.54 in an hour (docs/cpu-recipe.md)")
         else:
             expect = "a detector needs many epochs to learn from scratch: expect AP near 0 after a short run"
         logger.warning(
@@ -122,3 +124,21 @@ def log_setting_notes(cfg: Config, device: torch.device) -> None:
         logger.info("device: CPU (%d threads); no GPU in use", torch.get_num_threads())
     else:
         logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
+
+
+def log_run_start(trainer: Any, resumed: str | None) -> None:
+    """The lines a run starts its log with: folder, resume point, data, settings, split, schedule."""
+    cfg = trainer.cfg
+    logger.info("run folder: %s", trainer.run_dir)
+    if resumed:
+        logger.info("resuming from %s at epoch %d, iteration %d (step %d)", resumed, trainer.epoch,
+                    trainer.start_iteration, trainer.step)
+    logger.info("data: %s (%s format): %d images, %d instances, classes %s", trainer.full.root, trainer.full.format,
+                trainer.report.images, trainer.report.instances, cfg.data.classes)
+    log_setting_notes(cfg, trainer.device)
+    if trainer.dist.world_size > 1:
+        logger.info("distributed: %d processes (%s)", trainer.dist.world_size, trainer.dist.backend)
+    logger.info("split: %d train / %d test images (seed %d, saved in %s)", len(trainer.train_ds), len(trainer.test_ds),
+                cfg.data.split_seed, trainer.run_dir / SPLIT_FILE)
+    logger.info("schedule: %d epochs x %d iterations, batch %d%s", cfg.train.epochs, trainer.iters,
+                cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from segtune.config import Config, build_config, preset_layer
+from segtune.checkpoint import load_checkpoint
+from segtune.config import Config, build_config, flatten, load_yaml, preset_layer
+from segtune.configs import named_config
+from segtune.engine.state import find_resume_checkpoint
 from segtune.models import default_weights, weights_available
 
 logger = logging.getLogger("segtune.train")
@@ -48,18 +53,42 @@ def choose_preset(device: str = "auto", model: str | None = None) -> str:
     return "cpu-quick"
 
 
-def configure(*layers: Layer) -> Config:
-    """Build a :class:`Config` from user layers (lowest precedence first), with the preset they name under them.
+def configure(*layers: Layer, config: str | os.PathLike | None = None) -> Config:
+    """Resolve a :class:`Config`, the one way the CLI and Python both take.
+
+    Precedence, lowest first: the defaults, the preset, a resumed run's own config, ``config``,
+    then ``layers`` (flags and overrides, lowest first).
+
+    Args:
+        layers: ``(source, {"section.key": value})`` pairs; ``source`` names them in error messages.
+        config: a YAML config file, or the name of a packaged config (``segtune.configs``).
 
     The preset is the last ``train.preset`` any layer sets (default ``tutorial``); ``auto`` is
-    resolved by :func:`choose_preset`.
+    resolved by :func:`choose_preset`. When a layer sets ``train.resume`` (a run folder, its
+    ``last.pt``, or ``latest``), that run's own config is the layer under everything given here, so
+    resuming with nothing else repeats the run.
     """
+    user: list[Layer] = []
+    if config is not None:
+        # A value that is not a file names a packaged config (segtune/configs/NAME.yaml).
+        path = Path(config) if Path(config).is_file() else named_config(str(config))
+        user.append((str(path), flatten(load_yaml(path))))
+    user.extend(layers)
+    resume = out = None
+    for _, values in user:
+        resume = values.get("train.resume", resume)
+        out = values.get("train.out", out)
+    if resume:
+        last = find_resume_checkpoint(str(resume), str(out or "runs/train"))
+        run_config = flatten(load_checkpoint(last)["config"])
+        run_config.pop("train.resume", None)
+        user.insert(0, (f"{last} (config of the resumed run)", run_config))
     preset, device, model = "tutorial", "auto", None
-    for _, values in layers:
+    for _, values in user:
         preset = values.get("train.preset", preset)
         device = values.get("train.device", device)
         model = values.get("model.name", model)
     if preset == "auto":
         preset = choose_preset(str(device), None if model is None else str(model))
-    stripped = [(src, {k: v for k, v in values.items() if k != "train.preset"}) for src, values in layers]
+    stripped = [(src, {k: v for k, v in values.items() if k != "train.preset"}) for src, values in user]
     return build_config(preset_layer(str(preset)), *stripped)

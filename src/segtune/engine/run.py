@@ -43,6 +43,7 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     """One epoch's record as a flat CSV row: ``train/loss``, ``bbox/AP``, ``segm/AP50``, ..."""
     row: dict[str, Any] = {"epoch": record["epoch"], "lr": record["lr"]}
     row.update({f"train/{k}": v for k, v in record["train"].items()})
+    row.update({f"val/{k}": v for k, v in record.get("val", {}).items()})
     for iou_type, stats in record["metrics"].items():
         row.update({f"{iou_type}/{k}": v for k, v in stats.items()})
     per_class = record.get("per_class", {})

@@ -10,8 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,20 +19,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from segtune.checkpoint import keypoint_info, save_checkpoint
+from segtune.checkpoint import keypoint_info
 from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import (build_collate, build_dataset, check_dataset, make_split, open_dataset, raise_on_errors,
-                          save_split)
+from segtune.data import (DetectionDataset, build_collate, check_opened, make_split, open_and_check, prepare,
+                          raise_on_errors, save_split)
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch, TimeBudget
+from segtune.engine.checkpoints import Checkpointer, best_index
 from segtune.engine.ema import ModelEMA
-from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook, select_metric
-from segtune.engine.logger import EpochReporter, log_setting_notes
+from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook
+from segtune.engine.logger import EpochReporter, log_run_start
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from segtune.engine.run import CONFIG_FILE, SPLIT_FILE, attach_log_file, detach_log_file, new_run_dir, write_metrics
-from segtune.engine.state import capture_rng, find_resume_checkpoint, load_resume_state, restore_rng
+from segtune.engine.signals import StopSignals
+from segtune.engine.state import find_resume_checkpoint, load_resume_state, restore_rng
+from segtune.engine.val_loss import ValidationLoss
 from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.fileio import write_text
@@ -64,14 +65,21 @@ class Trainer:
     ``optimizer``, ``epoch``, ``step``, ``history``; they may set ``stop_training``.
     """
 
-    def __init__(self, cfg: Config, hooks: Sequence[Hook] = ()) -> None:
+    def __init__(self, cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = None,
+                 dataset: DetectionDataset | None = None) -> None:
         self.cfg = cfg
         self.user_hooks = list(hooks)
+        self._given_model, self._given_dataset = model, dataset
         self.stop_training = False
         self.history: list[dict[str, Any]] = []
         self.epoch = self.step = 0
-        self._signal: str | None = None
+        self.signals = StopSignals()
         self.budget = TimeBudget(None)  # set up from train.time_limit in fit()
+
+    @property
+    def _signal(self) -> str | None:
+        """The stop signal received (``SIGINT``, ``SIGTERM``), if any."""
+        return self.signals.name
 
     @property
     def clock(self) -> Stopwatch:
@@ -96,7 +104,12 @@ class Trainer:
         resume = None
         if cfg.train.resume:
             resume = load_resume_state(find_resume_checkpoint(cfg.train.resume, cfg.train.out))
-        self.report = check_dataset(cfg.data, progress=self.main)  # the data doctor, before anything is written
+        # The data set is opened once: the data doctor checks it before anything is written, the
+        # splits are views of it, and the ground truth comes from the test view.
+        if self._given_dataset is not None:
+            full, self.report = self._given_dataset, check_opened(self._given_dataset, cfg.data, progress=self.main)
+        else:
+            full, self.report = open_and_check(cfg.data, progress=self.main)
         raise_on_errors(self.report)
         if self.main:
             for problem in self.report.warnings[:10]:
@@ -104,7 +117,6 @@ class Trainer:
             if len(self.report.warnings) > 10:
                 logger.warning("... and %d more warnings (segtune data check %s lists them all)",
                                len(self.report.warnings) - 10, cfg.data.path)
-        full = open_dataset(cfg.data)
         self.full = full
         cfg.data.classes = list(full.classes)  # formats with their own class list win; config.yaml records it
         spec = MODELS.get(cfg.model.name)
@@ -118,14 +130,16 @@ class Trainer:
         self.split = resume["split"] if resume else make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed)
 
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
-        model = build_from_config(cfg.model, num_classes=len(cfg.data.classes) + 1, classes=list(cfg.data.classes),
-                                  num_keypoints=self.keypoints.get("num_keypoints"),
-                                  load_weights=resume is None).to(self.device)
+        model = self._given_model
+        if model is None:
+            model = build_from_config(cfg.model, num_classes=len(cfg.data.classes) + 1, classes=list(cfg.data.classes),
+                                      num_keypoints=self.keypoints.get("num_keypoints"), load_weights=resume is None)
+        model = model.to(self.device)
         self.model = model
-        self.train_ds = build_dataset(cfg.data, files=self.split["train"], train=True, augment=cfg.train.augment,
-                                      hflip_prob=cfg.train.hflip_prob, image_size=cfg.model.min_size,
-                                      lsj_scale=cfg.train.lsj_scale)
-        self.test_ds = build_dataset(cfg.data, files=self.split["test"], train=False)
+        self.train_ds = prepare(full, files=self.split["train"], train=True, augment=cfg.train.augment,
+                                hflip_prob=cfg.train.hflip_prob, image_size=cfg.model.min_size,
+                                lsj_scale=cfg.train.lsj_scale)
+        self.test_ds = prepare(full, files=self.split["test"], train=False)
         self.workers = default_workers(self.device, cfg.data.workers)
         self.generator = torch.Generator()
         sampler = None
@@ -196,24 +210,24 @@ class Trainer:
         self.run_dir = Path(resumed).parent.parent if resumed else (new_run_dir(cfg.train.out) if self.main else None)
         self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
         handler = attach_log_file(self.run_dir) if self.main else None
+        self.checkpoints = Checkpointer(self)
         self.hooks = HookList(self._builtin_hooks() + self.user_hooks)
-        old_handlers = self._catch_signals()
         try:
-            if self.main:
-                # config.yaml is what `segtune train --config` replays, so it never says "resume".
-                write_text(self.run_dir / CONFIG_FILE, dump_yaml(dataclasses.replace(
-                    cfg, train=dataclasses.replace(cfg.train, resume=None))))
-                if not resumed:
-                    save_split(self.run_dir / SPLIT_FILE, self.split)
-                self._log_start(resumed)
-            self.gt = dataset_ground_truth(self.test_ds, cfg.data.classes)
-            self.hooks.before_train(self)
-            while self.epoch < cfg.train.epochs and not self.stop_training:
-                self._run_epoch()
-            self.hooks.after_train(self, self.result())
-            return self.result()
+            with self.signals:  # Ctrl-C / SIGTERM: stop after this step, with last.pt
+                if self.main:
+                    # config.yaml is what `segtune train --config` replays, so it never says "resume".
+                    write_text(self.run_dir / CONFIG_FILE, dump_yaml(dataclasses.replace(
+                        cfg, train=dataclasses.replace(cfg.train, resume=None))))
+                    if not resumed:
+                        save_split(self.run_dir / SPLIT_FILE, self.split)
+                    log_run_start(self, resumed)
+                self.gt = dataset_ground_truth(self.test_ds, cfg.data.classes)
+                self.hooks.before_train(self)
+                while self.epoch < cfg.train.epochs and not self.stop_training:
+                    self._run_epoch()
+                self.hooks.after_train(self, self.result())
+                return self.result()
         finally:
-            self._restore_signals(old_handlers)
             if handler is not None:
                 detach_log_file(handler)
             dist.cleanup()
@@ -237,12 +251,13 @@ class Trainer:
                   "per_class": self.per_class, "eval_time_s": time.perf_counter() - start, "detections": detections}
         if self.ema is not None:
             record["ema"], _ = self._evaluate(self.ema.module)
+        self.record = record  # hooks may add to the epoch's record in after_eval (ValidationLoss adds "val")
         self.hooks.after_eval(self, epoch, metrics)
         self.history.append(record)
         self.epoch, self.start_iteration = epoch + 1, 0
         if self.main:
             write_metrics(self.run_dir, self.history)
-            self._save_epoch(record)
+            self.checkpoints.save_epoch(record)
         self.hooks.after_epoch(self, epoch, record)
 
     def _train_epoch(self, epoch: int) -> dict[str, float] | None:
@@ -364,43 +379,11 @@ class Trainer:
 
     # --- checkpoints ----------------------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "epoch": self.epoch, "step": self.step,
-                "classes": list(self.cfg.data.classes), "category_ids": list(self.full.category_ids),
-                "config": self.cfg.to_dict(), "split": self.split, **self.keypoints}
-
-    def _training_state(self, iteration: int) -> dict[str, Any]:
-        state = {**self._state(), "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "scaler": self.scaler.state_dict(), "iteration": iteration, "rng": capture_rng(),
-                 "train_time_s": self.clock.elapsed, "max_steps": self.max_steps, "epochs": self.cfg.train.epochs,
-                 "history": self.history}
-        if self.ema is not None:
-            state["ema"] = self.ema.state_dict()
-        return state
-
-    def _save_epoch(self, record: dict[str, Any]) -> None:
-        weights = self.run_dir / "weights"
-        state = {**self._state(), "metrics": record["metrics"]}
-        # last.pt also holds the optimiser, schedule and RNG states (to go on training); best.pt is for use.
-        save_checkpoint(weights / "last.pt", {**self._training_state(0), "metrics": record["metrics"]})
-        if self.cfg.train.keep_last > 0:
-            save_checkpoint(weights / f"epoch-{record['epoch']}.pt", state)
-            for old in sorted(weights.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-self.cfg.train.keep_last]:
-                old.unlink()
-        if self.ema is not None:
-            save_checkpoint(weights / "ema.pt", {**state, "model": self.ema.module.state_dict(),
-                                                 "metrics": record["ema"]})
-        best = self._best_index()
-        if best == len(self.history) - 1:
-            save_checkpoint(weights / "best.pt", state)
-        logger.info("epoch %d: %s  (best epoch %d)", record["epoch"],
-                    "  ".join(f"{t} AP {m['AP']:.4f}" for t, m in record["metrics"].items()), self.history[best]["epoch"])
-
     def _interrupt(self, epoch: int, iteration: int) -> None:
         """Write ``last.pt`` at this iteration and stop with a resume hint."""
         why = f"signal {self._signal}" if self._signal else "a hook asked to stop"
         if self.main:
-            save_checkpoint(self.run_dir / "weights" / "last.pt", self._training_state(iteration))
+            self.checkpoints.save_interrupted(iteration)
         dist.barrier()
         message = (f"stopped by {why} at epoch {epoch}, iteration {iteration}; {self.run_dir / 'weights' / 'last.pt'} "
                    f"holds the exact state: resume with  segtune train --resume {self.run_dir}")
@@ -416,69 +399,28 @@ class Trainer:
                            best_metrics=self.history[best]["metrics"], history=list(self.history))
 
     def _best_index(self) -> int:
-        """The epoch record ``best.pt`` holds: highest metric; on a tie, higher bbox AP, then the later epoch.
-
-        Differences below 1e-4 AP count as ties: they are noise, and early in a run from scratch segm
-        AP is 0.0000x for every epoch while bbox AP already moves.
-        """
-        def key(i: int) -> tuple[float, float, int]:
-            metrics = self.history[i]["metrics"]
-            return (round(select_metric(metrics, self.cfg.train.early_stop_metric)[1], 4),
-                    round(metrics["bbox"]["AP"], 4), i)
-
-        return max(range(len(self.history)), key=key)
+        return best_index(self.history, self.cfg.train.early_stop_metric)
 
     # --- around the loop ------------------------------------------------------------------------
 
     def _builtin_hooks(self) -> list[Hook]:
-        hooks: list[Hook] = [ResultsPlotHook(self.run_dir)]
+        hooks: list[Hook] = [ValidationLoss()] if self.cfg.train.val_loss else []
+        hooks.append(ResultsPlotHook(self.run_dir))
         if self.cfg.train.tensorboard:
             hooks.append(TensorBoardHook(self.run_dir / "tb"))
         if self.cfg.train.early_stop_patience is not None:
             hooks.append(EarlyStopping(self.cfg.train.early_stop_metric, self.cfg.train.early_stop_patience))
         return hooks
 
-    def _catch_signals(self) -> dict[int, Any]:
-        """Ctrl-C / SIGTERM finish the current step, write last.pt and stop (main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        old = {}
 
-        def handler(signum: int, frame: Any) -> None:
-            if self._signal:  # a second Ctrl-C stops at once
-                raise KeyboardInterrupt
-            self._signal = signal.Signals(signum).name
-            logger.warning("%s received: finishing this step, then writing last.pt (again to stop at once)",
-                           self._signal)
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handler)
-        return old
-
-    @staticmethod
-    def _restore_signals(old: dict[int, Any]) -> None:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-    def _log_start(self, resumed: str | None) -> None:
-        cfg = self.cfg
-        logger.info("run folder: %s", self.run_dir)
-        if resumed:
-            logger.info("resuming from %s at epoch %d, iteration %d (step %d)", resumed, self.epoch,
-                        self.start_iteration, self.step)
-        logger.info("data: %s (%s format): %d images, %d instances, classes %s", self.full.root, self.full.format,
-                    self.report.images, self.report.instances, cfg.data.classes)
-        log_setting_notes(cfg, self.device)
-        if self.dist.world_size > 1:
-            logger.info("distributed: %d processes (%s)", self.dist.world_size, self.dist.backend)
-        logger.info("split: %d train / %d test images (seed %d, saved in %s)", len(self.train_ds), len(self.test_ds),
-                    cfg.data.split_seed, self.run_dir / SPLIT_FILE)
-        logger.info("schedule: %d epochs x %d iterations, batch %d%s", cfg.train.epochs, self.iters,
-                    cfg.train.batch_size, f" x {self.dist.world_size} processes" if self.dist.world_size > 1 else "")
-
-
-def train(cfg: Config, hooks: Sequence[Hook] = ()) -> TrainResult:
+def train(cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = None,
+          dataset: DetectionDataset | None = None) -> TrainResult:
     """Train, evaluate after every epoch and checkpoint, as ``cfg`` says; return the results.
+
+    ``model`` and ``dataset`` may be built by the caller: a model of the architecture ``cfg.model``
+    describes (so its checkpoints load again, e.g. from :func:`segtune.models.build_from_config`
+    with weights of your own), and an opened data set (any reader, or your own subclass of
+    :class:`segtune.data.DetectionDataset`), which is checked and split as ``cfg.data`` would be.
 
     Nothing is written until the data has been read in full and the model built, so bad data or
     missing weights leave no run folder behind. ``hooks`` are :class:`segtune.engine.hooks.Hook`
@@ -489,4 +431,4 @@ def train(cfg: Config, hooks: Sequence[Hook] = ()) -> TrainResult:
         TrainingError: the loss became non-finite (``weights/last.pt`` of the last epoch is kept).
         TrainingInterrupted: Ctrl-C or SIGTERM; ``weights/last.pt`` holds the exact state to resume.
     """
-    return Trainer(cfg, hooks).fit()
+    return Trainer(cfg, hooks, model=model, dataset=dataset).fit()

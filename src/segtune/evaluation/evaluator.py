@@ -50,7 +50,7 @@ def primary_metric(metrics: dict[str, dict[str, float]]) -> float:
 
 
 def dataset_ground_truth(dataset: Any, classes: list[str]) -> dict[str, Any]:
-    """COCO JSON of a data set's targets as annotated (decodes every image and mask once).
+    """COCO JSON of a data set's targets as annotated (reads every annotation and mask once, no image).
 
     Its categories carry the data set's own ids (``dataset.category_ids``), and its boxes and areas
     are the data set's own where it has them (a COCO file's ``bbox`` and ``area``), else the
@@ -58,8 +58,7 @@ def dataset_ground_truth(dataset: Any, classes: list[str]) -> dict[str, Any]:
     """
     items = []
     for i in range(len(dataset)):
-        image, target = dataset.load(i)
-        height, width = image.shape[:2]
+        height, width, target = dataset.annotation(i)  # the annotations only: no image is decoded
         items.append((dataset.image_id(i), dataset.files[i], height, width, target))
     return ground_truth(items, classes, category_ids=category_ids_of(dataset, classes),
                         keypoint_names=getattr(dataset, "keypoint_names", None),

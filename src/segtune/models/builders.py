@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models import WeightsEnum, get_model, get_model_weights
 from torchvision.ops import FrozenBatchNorm2d
 
-from segtune.config import build_config, flatten
+from segtune.checkpoint import checkpoint_config
 from segtune.errors import CheckpointError, ConfigError, WeightsError
 from segtune.models.backbones import trainable_stages
 from segtune.models.heads import (
@@ -261,10 +261,7 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, Any]:
         CheckpointError: the config or the weights in the checkpoint do not build a model.
     """
     path = ckpt.get("path", "checkpoint")
-    try:
-        cfg = build_config(("checkpoint config", flatten(ckpt["config"])))
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its config does not load ({e})") from None
+    cfg = checkpoint_config(ckpt)
     try:
         model = build_from_config(cfg.model, num_classes=len(ckpt["classes"]) + 1,
                                   num_keypoints=ckpt.get("num_keypoints"), load_weights=False)

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segtune.checkpoint import checkpoint_config, load_checkpoint
+from segtune.data import open_dataset
+from segtune.errors import CheckpointError
 from segtune.fileio import write_json
 from segtune.predict.predictor import Predictor, expand_inputs
 from segtune.predict.visualise import save_png
@@ -35,6 +38,33 @@ def _picture_names(paths: list[Path]) -> list[str]:
         seen[p.stem] = n + 1
         names.append(f"{p.stem}.png" if n == 0 else f"{p.stem}-{n + 1}.png")
     return names
+
+
+def split_images(checkpoint: str | os.PathLike, split: str, *, data: str | None = None) -> list[Path]:
+    """The image files of a run's ``train`` or ``test`` split, in the split's order.
+
+    The run's data set is opened as it was trained (any format), and each format says where its
+    images are: a COCO ``file_name`` under its image root, a YOLO ``images/`` path, a mask folder's
+    ``PNGImages/``, a LabelMe ``imagePath``.
+
+    Args:
+        checkpoint: a ``.pt`` file or a run folder (its ``weights/best.pt``).
+        data: the data set, if it moved since training (default: the path in the checkpoint).
+
+    Raises:
+        CheckpointError: the checkpoint holds no such split. DatasetError: the data set cannot be read
+            or lacks a file of the split.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    files = ckpt.get("split", {}).get(split)
+    if files is None:
+        raise CheckpointError(f"{ckpt['path']}: holds no '{split}' split (it has: "
+                              f"{', '.join(sorted(ckpt.get('split', {}))) or 'none'})")
+    data_cfg = checkpoint_config(ckpt).data
+    if data is not None:
+        data_cfg.path = data
+    dataset = open_dataset(data_cfg, files=list(files))
+    return [dataset.image_path(i) for i in range(len(dataset))]
 
 
 def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os.PathLike) -> PredictSummary:
