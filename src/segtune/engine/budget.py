@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
+
+logger = logging.getLogger("segtune.train")
 
 #: ``fit_to_time_limit`` times the optimiser steps from the first of these; it fits the schedule after
 #: the second, then again after 2x, 4x, ... as many (the first steps are slow).
@@ -93,3 +97,18 @@ class TimeBudget:
         seconds = float(self._share((self.clock.elapsed - self._start) / (step - first)))
         self.max_steps = step + max(0, int((self.limit_s - self.clock.elapsed) / seconds))
         return self.max_steps, seconds
+
+
+def fit_schedule(scheduler: Any, max_steps: int, seconds: float, iters: int, accumulate: int, train_cfg: Any) -> int:
+    """End the schedule's factors at ``max_steps`` (the step the budget fitted); return the epochs that span.
+
+    ``iters`` batches make an epoch of ``ceil(iters / accumulate)`` optimiser steps.
+    """
+    steps_per_epoch = math.ceil(iters / accumulate)
+    epochs = max(1, math.ceil(max_steps / steps_per_epoch))
+    for factor in scheduler.lr_lambdas:
+        factor.total_iters = max_steps
+    logger.info("fit to the time limit of %g min: %.2f s per step, so %d steps (%d epochs of %d) fit; the %s "
+                "schedule ends there", train_cfg.time_limit, seconds, max_steps, epochs, steps_per_epoch,
+                train_cfg.schedule)
+    return epochs

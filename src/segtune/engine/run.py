@@ -1,4 +1,4 @@
-"""Owns the run folder: its name, its log file, and the metrics files written after every epoch."""
+"""Owns the run folder: its name, its log file, the metrics files written after every epoch, and what a run returns."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,20 @@ from segtune.fileio import write_json, write_text
 
 CONFIG_FILE, SPLIT_FILE, LOG_FILE = "config.yaml", "split.json", "train.log"
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run folder, the best and last evaluation, every epoch's record."""
+
+    run_dir: Path
+    best_epoch: int
+    best_metrics: dict[str, dict[str, float]]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_metrics(self) -> dict[str, dict[str, float]]:
+        return self.history[-1]["metrics"] if self.history else {}
 
 
 def new_run_dir(out: str | os.PathLike) -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from segtune.checkpoint import load_checkpoint
+from segtune.engine.budget import Stopwatch
 from segtune.errors import CheckpointError, ConfigError
 
 logger = logging.getLogger("segtune.train")
@@ -72,3 +73,26 @@ def load_resume_state(path: Path) -> dict[str, Any]:
         if key not in ckpt:
             raise CheckpointError(f"{path}: cannot resume from it (no '{key}'; only last.pt holds the training state)")
     return ckpt
+
+
+def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
+    """Put every state a ``last.pt`` holds back into ``trainer`` (set up for the same run): model,
+    optimiser, schedule, scaler, EMA, position, history, training clock, fitted length, RNG."""
+    trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.scheduler.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt:
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+    if trainer.ema is not None and "ema" in ckpt:
+        trainer.ema.load_state_dict(ckpt["ema"])
+    trainer.epoch, trainer.step = int(ckpt["epoch"]), int(ckpt["step"])
+    trainer.start_iteration = int(ckpt.get("iteration", 0))
+    trainer.history = list(ckpt.get("history", []))
+    trainer.budget.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
+    if ckpt.get("max_steps") is not None:  # the schedule was fitted to the time limit before the stop
+        trainer.budget.max_steps = int(ckpt["max_steps"])
+        trainer.budget.fit = False  # keep that length
+        trainer.cfg.train.epochs = int(ckpt["epochs"])
+    trainer.resumed_from = ckpt["path"]
+    if "rng" in ckpt:
+        restore_rng(ckpt["rng"])

@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,16 @@ from segtune.data import (DetectionDataset, build_collate, check_opened, make_sp
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
-from segtune.engine.budget import Stopwatch, TimeBudget
+from segtune.engine.budget import Stopwatch, TimeBudget, fit_schedule
 from segtune.engine.checkpoints import Checkpointer, best_index
 from segtune.engine.ema import ModelEMA
 from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook
 from segtune.engine.logger import EpochReporter, log_run_start
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
-from segtune.engine.run import CONFIG_FILE, SPLIT_FILE, attach_log_file, detach_log_file, new_run_dir, write_metrics
+from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file, new_run_dir,
+                               write_metrics)
 from segtune.engine.signals import StopSignals
-from segtune.engine.state import find_resume_checkpoint, load_resume_state, restore_rng
+from segtune.engine.state import find_resume_checkpoint, load_resume_state, restore_training_state
 from segtune.engine.val_loss import ValidationLoss
 from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.evaluation import dataset_ground_truth, evaluate_model
@@ -43,19 +43,6 @@ from segtune.models import MODELS, build_from_config
 from segtune.runtime import default_workers, seed_everything, seed_worker
 
 logger = logging.getLogger("segtune.train")
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns: the run folder, the best and last evaluation, every epoch's record."""
-
-    run_dir: Path
-    best_epoch: int
-    best_metrics: dict[str, dict[str, float]]
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def last_metrics(self) -> dict[str, dict[str, float]]:
-        return self.history[-1]["metrics"] if self.history else {}
 
 
 class Trainer:
@@ -175,30 +162,10 @@ class Trainer:
         self.budget = TimeBudget(cfg.train.time_limit, fit=cfg.train.fit_to_time_limit,
                                  share=dist.broadcast_object if self.dist.world_size > 1 else lambda value: value)
         if resume is not None:
-            self._load_resume(resume)
+            restore_training_state(self, resume)
 
     def _setup_amp(self) -> None:
         self.autocast_dtype, self.scaler = setup_amp(self.cfg.train.amp, self.device, self.model)
-
-    def _load_resume(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if self.ema is not None and "ema" in ckpt:
-            self.ema.load_state_dict(ckpt["ema"])
-        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
-        self.start_iteration = int(ckpt.get("iteration", 0))
-        self.history = list(ckpt.get("history", []))
-        self.budget.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
-        if ckpt.get("max_steps") is not None:  # the schedule was fitted to the time limit before the stop
-            self.budget.max_steps = int(ckpt["max_steps"])
-            self.budget.fit = False  # keep that length
-            self.cfg.train.epochs = int(ckpt["epochs"])
-        self.resumed_from = ckpt["path"]
-        if "rng" in ckpt:
-            restore_rng(ckpt["rng"])
 
     # --- the loop -------------------------------------------------------------------------------
 
@@ -226,6 +193,9 @@ class Trainer:
                 while self.epoch < cfg.train.epochs and not self.stop_training:
                     self._run_epoch()
                 self.hooks.after_train(self, self.result())
+                # Every process leaves together, so none tears its process group down while another
+                # is still using it (a lone early exit aborted a Gloo rank at shutdown).
+                dist.barrier()
                 return self.result()
         finally:
             if handler is not None:
@@ -311,7 +281,9 @@ class Trainer:
                 self._optimizer_step()
             report.step(i, values, lr)
             if last_of_group:
-                self._fit_schedule(self.budget.refit(self.step))
+                fitted = self.budget.refit(self.step)
+                if fitted is not None:
+                    self.cfg.train.epochs = fit_schedule(self.scheduler, *fitted, self.iters, self.accumulate, self.cfg.train)
                 report.end = self._epoch_end(i)
             # A stop takes effect between optimiser steps, never inside an accumulation group.
             if last_of_group and i < self.iters and not self._signal and self.budget.spent(self.step):
@@ -335,19 +307,6 @@ class Trainer:
         if self.budget.max_steps is None:
             return self.iters
         return min(self.iters, i + max(0, self.budget.max_steps - self.step) * self.accumulate)
-
-    def _fit_schedule(self, fitted: tuple[int, float] | None) -> None:
-        """End the cosine schedule and the epochs at the step the time budget just fitted (None: nothing new)."""
-        if fitted is None:
-            return
-        max_steps, seconds = fitted
-        steps_per_epoch = math.ceil(self.iters / self.accumulate)
-        self.cfg.train.epochs = max(1, math.ceil(max_steps / steps_per_epoch))
-        for factor in self.scheduler.lr_lambdas:
-            factor.total_iters = max_steps
-        logger.info("fit to the time limit of %g min: %.2f s per step, so %d steps (%d epochs of %d) fit; the %s "
-                    "schedule ends there", self.cfg.train.time_limit, seconds, max_steps, self.cfg.train.epochs,
-                    steps_per_epoch, self.cfg.train.schedule)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
