@@ -6,13 +6,15 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from segtune.data import build_dataset
 from segtune.config import DataConfig
+from segtune.data import CocoDataset, build_dataset, prepare
 from segtune.engine import configure, train
-from segtune.engine.val_loss import validation_loss
+from segtune.engine.val_loss import ValidationLoss, validation_loss
 from segtune.models import build_model
 from tests.conftest import TINY_MODEL, make_mask_folder
 from tests.models.helpers import SCRATCH, SMALL
@@ -54,7 +56,8 @@ def test_the_validation_loss_is_in_the_metrics_and_the_plot(data: Path, tmp_path
 
 def test_it_learns_nothing_and_leaves_the_random_state_alone(data: Path) -> None:
     model = build_model("maskrcnn_resnet50_fpn", num_classes=2, **SCRATCH, **SMALL)
-    dataset = build_dataset(DataConfig(path=str(data)), train=False)  # evaluation targets: crowd and all
+    test = build_dataset(DataConfig(path=str(data)), train=False)
+    dataset = test.view(test.files, transforms=test.transforms, keep_crowd=False)  # the training rule
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
     rng = torch.random.get_rng_state()
@@ -65,3 +68,27 @@ def test_it_learns_nothing_and_leaves_the_random_state_alone(data: Path) -> None
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm statistics included
     assert first == validation_loss(model, dataset, device=torch.device("cpu"), batch_size=2, seed=3)
     assert first["loss"] > 0 and "loss_mask" in first
+
+
+def test_crowd_regions_and_flat_boxes_of_the_test_split_stay_out_of_the_loss(tmp_path: Path) -> None:
+    """Evaluation keeps them; the loss takes the training rule (torchvision rejects a zero-width box)."""
+    Image.fromarray(np.full((64, 80, 3), 60, dtype=np.uint8)).save(tmp_path / "a.png")
+    anns = [{"bbox": [6, 8, 30, 30], "iscrowd": 0}, {"bbox": [40, 10, 20, 20], "iscrowd": 1},
+            {"bbox": [70, 5, 0, 10], "iscrowd": 0}]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "height": 64, "width": 80}],
+            "categories": [{"id": 1, "name": "thing"}],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": 1, "area": a["bbox"][2] * a["bbox"][3], **a}
+                            for k, a in enumerate(anns)]}
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    test = prepare(CocoDataset(tmp_path / "boxes.json"), train=False)  # the test split as evaluation sees it
+    assert len(test.load(0)[1]["boxes"]) == 3
+
+    class Trainer:  # what the hook reads of the trainer
+        test_ds = test
+
+    hook = ValidationLoss()
+    hook.before_train(Trainer())
+    assert len(hook.dataset[0][1]["boxes"]) == 1
+    model = build_model("fasterrcnn_resnet50_fpn", num_classes=2, **SCRATCH, **{**SMALL, "min_size": 64})
+    values = validation_loss(model, hook.dataset, device=torch.device("cpu"))
+    assert torch.isfinite(torch.tensor(values["loss"]))

@@ -6,10 +6,11 @@ must not learn from the test images) and the random streams forked and seeded pe
 and RoI heads sample proposals at random; training's own random stream is left as it was, so a run
 draws the same batches with or without this hook, and a resumed run the same values).
 
-Targets are the test split's as the loss expects them: crowd regions and boxes without width or
-height (which evaluation keeps) are left out. The mean of each term over the test images goes into
-the epoch record under ``val`` (``metrics.csv``: ``val/loss``, ``val/loss_mask``, ...; ``results.png``
-draws it dashed beside the training loss).
+The targets are the test split's under the training rule of :class:`~segtune.data.DetectionDataset`
+(a view with ``keep_crowd=False``: crowd regions, empty masks and boxes without width or height, which
+evaluation keeps, are left out), with the evaluation transforms. The mean of each term over the test
+images goes into the epoch record under ``val`` (``metrics.csv``: ``val/loss``, ``val/loss_mask``, ...;
+``results.png`` draws it dashed beside the training loss).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from segtune.data import build_loader
-from segtune.data.boxes import is_solid
 from segtune.engine import distributed as dist
 from segtune.engine.hooks import HOOKS, Hook
 
@@ -45,25 +45,13 @@ def loss_mode(model: nn.Module):
         model.train(was_training)
 
 
-def loss_targets(target: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """An evaluation target as the training loss takes it: no crowd regions, no flat boxes, on ``device``."""
-    boxes = target["boxes"]
-    keep = is_solid(boxes)
-    if "iscrowd" in target:
-        keep &= target["iscrowd"] == 0
-    out = {}
-    for key, value in target.items():
-        if isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == len(boxes):
-            value = value[keep]
-        out[key] = value.to(device) if isinstance(value, torch.Tensor) else value
-    return out
-
-
 @torch.no_grad()
 def validation_loss(model: nn.Module, dataset: Any, *, device: torch.device, batch_size: int = 1, workers: int = 0,
                     seed: int = 0, autocast: contextlib.AbstractContextManager | None = None,
                     shard: tuple[int, int] = (0, 1), gather: Any = None) -> dict[str, float]:
     """Mean loss terms (and their sum, ``loss``) of ``model`` over ``dataset``, per image.
+
+    ``dataset`` must give targets the loss takes (a training-rule view, ``keep_crowd=False``).
 
     Args:
         seed: seeds the proposal sampling (forked: the caller's random state is left as it was).
@@ -80,7 +68,7 @@ def validation_loss(model: nn.Module, dataset: Any, *, device: torch.device, bat
         torch.manual_seed(seed)
         for images, targets in loader:
             images = [img.to(device) for img in images]
-            targets = [loss_targets(t, device) for t in targets]
+            targets = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
             with autocast if autocast is not None else contextlib.nullcontext():
                 losses = model(images, targets)
             n = len(images)
@@ -101,10 +89,14 @@ def validation_loss(model: nn.Module, dataset: Any, *, device: torch.device, bat
 class ValidationLoss(Hook):
     """Adds ``record["val"]``, the loss terms on the test split, to every epoch's record (see the module)."""
 
+    def before_train(self, trainer: Any) -> None:
+        test = trainer.test_ds  # the same images and transforms, the training rule for the targets
+        self.dataset = test.view(test.files, transforms=test.transforms, keep_crowd=False)
+
     def after_eval(self, trainer: Any, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
         start = time.perf_counter()
         values = validation_loss(
-            trainer.model, trainer.test_ds,
+            trainer.model, self.dataset,
             device=trainer.device, batch_size=trainer.cfg.eval.batch_size, workers=trainer.workers,
             seed=trainer.cfg.train.seed + epoch, autocast=trainer._autocast(),
             shard=(trainer.dist.rank, trainer.dist.world_size), gather=dist.all_gather_objects)
