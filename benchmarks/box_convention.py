@@ -18,7 +18,7 @@ import copy
 from typing import Any
 
 from common import write_result
-from segtune.checkpoint import load_checkpoint
+from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import build_dataset
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.models import model_from_checkpoint
@@ -41,10 +41,8 @@ def main() -> None:
     args = parser.parse_args()
     ckpt = load_checkpoint(args.checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
-    if args.data:
-        cfg.data.path = args.data
     device = resolve_device("cpu")
-    test = build_dataset(cfg.data, files=ckpt.get("split", {}).get("test"), train=False)
+    test = build_dataset(checkpoint_data(ckpt, args.data), files=ckpt.get("split", {}).get("test"), train=False)
     classes = list(ckpt["classes"])
     gt = dataset_ground_truth(test, classes)
     rows = {}

@@ -35,7 +35,7 @@ import torch
 
 from common import DATA, write_result
 
-from segtune.config import Config, DataConfig
+from segtune.config import DataConfig, build_config
 from segtune.data import build_dataset, collate
 from segtune.engine.hooks import HookList
 from segtune.engine.trainer import Trainer
@@ -98,15 +98,13 @@ class SegtuneLoop:
     """segtune's :class:`Trainer`, set up from a config, its epoch loop fed one chosen batch per call."""
 
     def __init__(self, data: str, min_size: int, out: str) -> None:
-        cfg = Config()
-        cfg.data.path = data
-        cfg.model.weights = cfg.model.weights_backbone = "none"
-        cfg.model.min_size, cfg.model.max_size = min_size, round(min_size * 1333 / 800)
-        t = cfg.train
-        t.device, t.out, t.epochs, t.batch_size = "cpu", out, 1, BATCH
-        t.optimizer, t.lr, t.momentum, t.weight_decay = "sgd", LR, MOMENTUM, WEIGHT_DECAY
-        t.warmup_iters, t.warmup_factor = WARMUP_ITERS, WARMUP_FACTOR
-        t.augment, t.tensorboard, t.seed, t.max_iters_per_epoch = [], False, 0, 1
+        cfg = build_config(("benchmark", {
+            "data.path": data, "model.weights": "none", "model.weights_backbone": "none",
+            "model.min_size": min_size, "model.max_size": round(min_size * 1333 / 800),
+            "train.device": "cpu", "train.out": out, "train.epochs": 1, "train.batch_size": BATCH,
+            "train.optimizer": "sgd", "train.lr": LR, "train.momentum": MOMENTUM, "train.weight_decay": WEIGHT_DECAY,
+            "train.warmup_iters": WARMUP_ITERS, "train.warmup_factor": WARMUP_FACTOR, "train.augment": [],
+            "train.tensorboard": False, "train.seed": 0, "train.max_iters_per_epoch": 1}))
         self.trainer = Trainer(cfg)
         self.trainer._setup()  # the data doctor, split, model (seeded), optimiser, schedule: as `segtune train`
         self.trainer.hooks = HookList([])

@@ -12,16 +12,14 @@ import torch
 
 import segtune
 from segtune.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from segtune.config import Config
+from segtune.config import Config, build_config
 from segtune.errors import CheckpointError
 from segtune.fileio import atomic_write, write_json, write_text
 from segtune.models import build_model, model_from_checkpoint
 
 
 def small_state() -> dict:
-    cfg = Config()
-    cfg.model.weights = "none"
-    cfg.train.epochs = 7
+    cfg = build_config(("test", {"model.weights": "none", "train.epochs": 7}))
     return {
         "model": {"conv.weight": torch.arange(12.0).reshape(3, 4), "conv.bias": torch.tensor([1.5, -2.0, 0.0]),
                   "bn.num_batches_tracked": torch.tensor(5)},
@@ -260,12 +258,9 @@ TINY = {"min_size": 64, "max_size": 96}
 
 
 def tiny_config(weights: str = "none") -> Config:
-    cfg = Config()
-    cfg.model.weights = weights
-    cfg.model.weights_backbone = "none"  # as build_model's default: the saved model has trainable BatchNorm
-    cfg.model.min_size, cfg.model.max_size = 64, 96
-    cfg.model.box_detections_per_img = 20
-    return cfg
+    # weights_backbone none, as build_model's default: the saved model has trainable BatchNorm
+    return build_config(("test", {"model.weights": weights, "model.weights_backbone": "none", "model.min_size": 64,
+                                  "model.max_size": 96, "model.box_detections_per_img": 20}))
 
 
 @pytest.fixture(scope="module")

@@ -2,28 +2,81 @@
 
 Layout (``format_version`` 1): ``format_version``, ``segtune_version``, ``model`` (state dict),
 ``epoch`` (the epoch to go on with), ``step`` (optimiser steps done), ``classes`` (names, background
-excluded), ``category_ids`` (the data set's own class ids), ``config`` (the resolved config as a plain
-dict), ``split`` (train and test file names), ``metrics`` (the last evaluation); keypoint models add
-``num_keypoints``, ``keypoint_names``, ``skeleton``. ``last.pt`` also holds what resuming needs:
+excluded), ``category_ids`` (the data set's own class ids), ``config`` (the config as resolved
+before the run, as a plain dict; never changed by the run), ``run`` (the :class:`RunState`: what the
+run learned), ``split`` (train and test file names), ``metrics`` (the last evaluation); keypoint models
+add ``num_keypoints``, ``keypoint_names``, ``skeleton``. ``last.pt`` also holds what resuming needs:
 ``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration`` (batches done in ``epoch``), ``rng``
 (every RNG state, as tensors) and ``history``. Loading uses ``torch.load(weights_only=True)``.
+
+Checkpoints written before the run-state record have no ``run``: their config holds the resolved data
+path and class names, and ``last.pt`` the fitted ``epochs`` and ``max_steps`` at the top level;
+:func:`run_state_of` reads both layouts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from segtune.version import __version__
-from segtune.config import Config, build_config, flatten
+from segtune.config import Config, DataConfig, build_config, flatten, resolve_data_path
 from segtune.errors import CheckpointError, ConfigError
 from segtune.fileio import atomic_write
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "classes", "config")
+
+
+@dataclass
+class RunState:
+    """What a run learns while it runs, kept apart from its :class:`~segtune.config.Config` (which it never changes).
+
+    Saved as ``run.json`` in the run folder and under ``run`` in every checkpoint.
+
+    Attributes:
+        data_path: the data set the run read (``data.path``, else ``$SEGTUNE_DATA``, else the default).
+        data_format: the format it was read as (``masks``, ``coco``, ``yolo``, ``labelme``).
+        classes: class names from the data (background excluded), in label order.
+        category_ids: the data set's own id of each class (COCO category ids; 1..N otherwise).
+        epochs: the epoch count the run goes to: ``train.epochs``, or the epochs fitted to the time limit.
+        max_steps: the optimiser step where the schedule fitted to the time limit ends; None if not fitted.
+    """
+
+    data_path: str
+    data_format: str
+    classes: list[str]
+    category_ids: list[int]
+    epochs: int
+    max_steps: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def run_state_of(ckpt: dict[str, Any]) -> RunState:
+    """The run state a checkpoint holds; for a checkpoint from before the record, rebuilt from its config."""
+    if isinstance(ckpt.get("run"), dict):
+        known = {f.name for f in dataclasses.fields(RunState)}
+        return RunState(**{k: v for k, v in ckpt["run"].items() if k in known})
+    config = ckpt.get("config", {})
+    data = config.get("data", {}) if isinstance(config, dict) else {}
+    epochs = ckpt.get("epochs", config.get("train", {}).get("epochs", 1) if isinstance(config, dict) else 1)
+    return RunState(data_path=resolve_data_path(data.get("path")), data_format=str(data.get("format", "auto")),
+                    classes=list(ckpt["classes"]),
+                    category_ids=list(ckpt.get("category_ids") or range(1, len(ckpt["classes"]) + 1)),
+                    epochs=int(epochs), max_steps=ckpt.get("max_steps"))
+
+
+def checkpoint_data(ckpt: dict[str, Any], data: str | None = None) -> DataConfig:
+    """The ``data`` settings that reopen a checkpoint's data set: its config's, at the path the run read
+    (or at ``data``, when the data set moved)."""
+    return dataclasses.replace(checkpoint_config(ckpt).data, path=data or run_state_of(ckpt).data_path)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -32,7 +32,7 @@ def _opt(default: Any, help: str, *, flag: str | None = None, choices: list[str]
     return field(default=default, metadata=meta)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     path: str | None = _opt(
         None, f"data set folder (default: $SEGTUNE_DATA, else {DEFAULT_DATA_PATH})", flag="--data"
@@ -54,7 +54,7 @@ class DataConfig:
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = _opt("maskrcnn_resnet50_fpn", "model architecture (segtune models lists them)", flag="--model")
     weights: str = _opt("DEFAULT", "whole-model weights: DEFAULT | COCO_V1 | other torchvision entry | none | path")
@@ -93,7 +93,7 @@ class ModelConfig:
     mask_hidden: int = _opt(256, "hidden channels of the new mask predictor")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     preset: str = _opt("tutorial", "named recipe applied under your settings: tutorial | cpu-quick | cpu-scratch | "
                        "auto", choices=["tutorial", "cpu-quick", "cpu-scratch", "auto"])
@@ -149,13 +149,13 @@ class TrainConfig:
     print_freq: int = _opt(10, "log a line every this many iterations")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     mask_threshold: float = _opt(0.5, "a predicted mask pixel is foreground above this probability")
     batch_size: int = _opt(1, "images per batch in evaluation", flag="--eval-batch-size")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Config:
     version: int = CONFIG_VERSION
     data: DataConfig = field(default_factory=DataConfig)

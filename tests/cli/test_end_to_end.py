@@ -216,6 +216,9 @@ def test_cpu_scratch_preset_trains_within_its_time_limit(tmp_path: Path, monkeyp
     log = (run / "train.log").read_text()
     assert "fit to the time limit of 0.15 min" in log
     state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
-    assert state["max_steps"] >= 2 and state["step"] <= state["max_steps"]  # stopped by the limit or the fitted end
-    assert state["epochs"] == -(-state["max_steps"] // 4)  # 4 training images x 2 passes / batch 2 per epoch
+    run_state = state["run"]  # what the run learned; run.json holds the same
+    assert run_state == json.loads((run / "run.json").read_text())
+    assert run_state["max_steps"] >= 2 and state["step"] <= run_state["max_steps"]  # stopped by the limit or the fitted end
+    assert run_state["epochs"] == -(-run_state["max_steps"] // 4)  # 4 training images x 2 passes / batch 2 per epoch
+    assert yaml.safe_load(config)["train"]["epochs"] == 100  # the config stays as given: the preset's upper bound
     assert (run / "weights" / "best.pt").is_file()

@@ -91,8 +91,10 @@ def test_train_detects_the_format_and_takes_its_classes(tmp_path: Path, fmt: str
     data = make(tmp_path / "data")
     run = tmp_path / "run"
     assert _train(data, run) == 0
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["data"]["classes"] == ["cat", "dog"]
+    # The classes come from the data: the run's state says so; config.yaml keeps the settings as given.
+    state = json.loads((run / "run.json").read_text())
+    assert state["classes"] == ["cat", "dog"] and state["data_format"] == fmt and state["data_path"] == str(data)
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(data)
     log = (run / "train.log").read_text()
     assert f"({fmt} format): 5 images, 6 instances" in log
     history = json.loads((run / "metrics.json").read_text())

@@ -96,8 +96,10 @@ def test_fit_to_time_limit_sizes_the_cosine_schedule(budget_run, monkeypatch: py
     steps = trainer.max_steps
     assert steps is not None and 12 <= steps <= 32  # about 1.2 s / 0.04 s, less the loop's overhead
     assert trainer.scheduler.lr_lambdas[0].total_iters == steps
-    assert trainer.cfg.train.epochs == math.ceil(steps / 12)  # 4 images x 3 passes per epoch
-    assert trainer.step <= steps and len(trainer.history) <= trainer.cfg.train.epochs
+    # The fitted length is the run's state; the config keeps the epochs given (an upper bound).
+    assert trainer.run.epochs == math.ceil(steps / 12) and trainer.cfg.train.epochs == 50  # 4 images x 3 passes
+    assert trainer.run.max_steps == steps
+    assert trainer.step <= steps and len(trainer.history) <= trainer.run.epochs
     if trainer.step == steps:  # ended by the fitted schedule: the rate has come down to 0
         assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
 
@@ -128,9 +130,9 @@ def test_a_resumed_run_keeps_the_fitted_schedule(budget_run, monkeypatch: pytest
     first = budget_run(SleepyDetector(0.02), hooks=[stop], **settings)
     assert first.step == 4 and first.max_steps is not None and not first.history  # stopped inside epoch 0
     state = torch.load(tmp_path / "run" / "weights" / "last.pt", map_location="cpu", weights_only=True)
-    assert state["max_steps"] == first.max_steps and state["train_time_s"] > 0
+    assert state["run"]["max_steps"] == first.max_steps and state["train_time_s"] > 0
     resumed = budget_run(SleepyDetector(0.02), **settings, **{"train.resume": str(tmp_path / "run")})
-    assert resumed.cfg.train.epochs == state["epochs"]
+    assert resumed.run.epochs == state["run"]["epochs"]
     assert resumed.max_steps == first.max_steps  # not timed again: the schedule's length stays
     assert resumed.scheduler.lr_lambdas[0].total_iters == first.max_steps
     assert resumed.step <= first.max_steps and resumed.history[-1]["train_time_s"] >= state["train_time_s"]

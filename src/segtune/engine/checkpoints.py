@@ -46,16 +46,15 @@ class Checkpointer:
         """What every checkpoint holds: the model and what rebuilds and labels it."""
         t = self.trainer
         return {"model": t.model.state_dict(), "epoch": t.epoch, "step": t.step,
-                "classes": list(t.cfg.data.classes), "category_ids": list(t.full.category_ids),
-                "config": t.cfg.to_dict(), "split": t.split, **t.keypoints}
+                "classes": list(t.run.classes), "category_ids": list(t.run.category_ids),
+                "config": t.cfg.to_dict(), "run": t.run.to_dict(), "split": t.split, **t.keypoints}
 
     def training_state(self, iteration: int) -> dict[str, Any]:
         """:meth:`state` plus what resuming at batch ``iteration`` of the current epoch needs."""
         t = self.trainer
         state = {**self.state(), "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                  "scaler": t.scaler.state_dict(), "iteration": iteration, "rng": capture_rng(),
-                 "train_time_s": t.clock.elapsed, "max_steps": t.max_steps, "epochs": t.cfg.train.epochs,
-                 "history": t.history}
+                 "train_time_s": t.clock.elapsed, "history": t.history}
         if t.ema is not None:
             state["ema"] = t.ema.state_dict()
         return state

@@ -134,11 +134,11 @@ def log_run_start(trainer: Any, resumed: str | None) -> None:
         logger.info("resuming from %s at epoch %d, iteration %d (step %d)", resumed, trainer.epoch,
                     trainer.start_iteration, trainer.step)
     logger.info("data: %s (%s format): %d images, %d instances, classes %s", trainer.full.root, trainer.full.format,
-                trainer.report.images, trainer.report.instances, cfg.data.classes)
+                trainer.report.images, trainer.report.instances, trainer.run.classes)
     log_setting_notes(cfg, trainer.device)
     if trainer.dist.world_size > 1:
         logger.info("distributed: %d processes (%s)", trainer.dist.world_size, trainer.dist.backend)
     logger.info("split: %d train / %d test images (seed %d, saved in %s)", len(trainer.train_ds), len(trainer.test_ds),
                 cfg.data.split_seed, trainer.run_dir / SPLIT_FILE)
-    logger.info("schedule: %d epochs x %d iterations, batch %d%s", cfg.train.epochs, trainer.iters,
+    logger.info("schedule: %d epochs x %d iterations, batch %d%s", trainer.run.epochs, trainer.iters,
                 cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -9,8 +10,8 @@ from typing import Any
 
 import torch
 
-from segtune.checkpoint import load_checkpoint
-from segtune.config import Config, build_config, flatten, load_yaml, preset_layer
+from segtune.checkpoint import load_checkpoint, run_state_of
+from segtune.config import Config, build_config, flatten, load_yaml, preset_layer, resolve_data_path
 from segtune.configs import named_config
 from segtune.engine.state import find_resume_checkpoint
 from segtune.models import default_weights, weights_available
@@ -80,8 +81,10 @@ def configure(*layers: Layer, config: str | os.PathLike | None = None) -> Config
         out = values.get("train.out", out)
     if resume:
         last = find_resume_checkpoint(str(resume), str(out or "runs/train"))
-        run_config = flatten(load_checkpoint(last)["config"])
+        ckpt = load_checkpoint(last)
+        run_config = flatten(ckpt["config"])
         run_config.pop("train.resume", None)
+        run_config["data.path"] = run_state_of(ckpt).data_path  # the data the run read
         user.insert(0, (f"{last} (config of the resumed run)", run_config))
     preset, device, model = "tutorial", "auto", None
     for _, values in user:
@@ -91,4 +94,7 @@ def configure(*layers: Layer, config: str | os.PathLike | None = None) -> Config
     if preset == "auto":
         preset = choose_preset(str(device), None if model is None else str(model))
     stripped = [(src, {k: v for k, v in values.items() if k != "train.preset"}) for src, values in user]
-    return build_config(preset_layer(str(preset)), *stripped)
+    cfg = build_config(preset_layer(str(preset)), *stripped)
+    # The data folder's own default ($SEGTUNE_DATA, else the shared Penn-Fudan copy) is part of
+    # resolving, so config.yaml names the folder the run reads.
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=resolve_data_path(cfg.data.path)))

@@ -12,7 +12,7 @@ from typing import Any
 
 from segtune.fileio import write_json, write_text
 
-CONFIG_FILE, SPLIT_FILE, LOG_FILE = "config.yaml", "split.json", "train.log"
+CONFIG_FILE, SPLIT_FILE, LOG_FILE, RUN_STATE_FILE = "config.yaml", "split.json", "train.log", "run.json"
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 
 
@@ -68,6 +68,11 @@ def flat_row(record: dict[str, Any]) -> dict[str, Any]:
     if "eval_time_s" in record:
         row["eval_time_s"] = record["eval_time_s"]
     return row
+
+
+def write_run_state(run_dir: Path, state: Any) -> None:
+    """Rewrite ``run.json``: the :class:`~segtune.checkpoint.RunState` (what the run learned), atomically."""
+    write_json(run_dir / RUN_STATE_FILE, state.to_dict())
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

@@ -89,10 +89,9 @@ def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
     trainer.start_iteration = int(ckpt.get("iteration", 0))
     trainer.history = list(ckpt.get("history", []))
     trainer.budget.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
-    if ckpt.get("max_steps") is not None:  # the schedule was fitted to the time limit before the stop
-        trainer.budget.max_steps = int(ckpt["max_steps"])
+    if trainer.run.max_steps is not None:  # the schedule was fitted to the time limit before the stop
+        trainer.budget.max_steps = trainer.run.max_steps
         trainer.budget.fit = False  # keep that length
-        trainer.cfg.train.epochs = int(ckpt["epochs"])
     trainer.resumed_from = ckpt["path"]
     if "rng" in ckpt:
         restore_rng(ckpt["rng"])

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segtune.checkpoint import keypoint_info
+from segtune.checkpoint import RunState, keypoint_info, run_state_of
 from segtune.config import Config, dump_yaml, resolve_data_path
 from segtune.data import (DetectionDataset, build_collate, check_opened, make_split, open_and_check, prepare,
                           raise_on_errors, save_split)
@@ -32,7 +32,7 @@ from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook,
 from segtune.engine.logger import EpochReporter, log_run_start
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file, new_run_dir,
-                               write_metrics)
+                               write_metrics, write_run_state)
 from segtune.engine.signals import StopSignals
 from segtune.engine.state import find_resume_checkpoint, load_resume_state, restore_training_state
 from segtune.engine.val_loss import ValidationLoss
@@ -48,8 +48,9 @@ logger = logging.getLogger("segtune.train")
 class Trainer:
     """Trains ``cfg``'s model on ``cfg``'s data; :meth:`fit` runs it (and :func:`train` is the short way).
 
-    Hooks receive the trainer; what they may read: ``cfg``, ``run_dir``, ``model`` (unwrapped),
-    ``optimizer``, ``epoch``, ``step``, ``history``; they may set ``stop_training``.
+    Hooks receive the trainer; what they may read: ``cfg`` (frozen: the run never changes it),
+    ``run`` (the :class:`~segtune.checkpoint.RunState`: data path, classes, epochs fitted), ``run_dir``,
+    ``model`` (unwrapped), ``optimizer``, ``epoch``, ``step``, ``history``; they may set ``stop_training``.
     """
 
     def __init__(self, cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = None,
@@ -87,25 +88,30 @@ class Trainer:
         self.main = self.dist.rank == 0
         if not self.main:  # one process speaks for all; the others only warn
             logging.getLogger("segtune").setLevel(logging.WARNING)
-        cfg.data.path = resolve_data_path(cfg.data.path)
+        data_cfg = dataclasses.replace(cfg.data, path=resolve_data_path(cfg.data.path))
         resume = None
         if cfg.train.resume:
             resume = load_resume_state(find_resume_checkpoint(cfg.train.resume, cfg.train.out))
         # The data set is opened once: the data doctor checks it before anything is written, the
         # splits are views of it, and the ground truth comes from the test view.
         if self._given_dataset is not None:
-            full, self.report = self._given_dataset, check_opened(self._given_dataset, cfg.data, progress=self.main)
+            full, self.report = self._given_dataset, check_opened(self._given_dataset, data_cfg, progress=self.main)
         else:
-            full, self.report = open_and_check(cfg.data, progress=self.main)
+            full, self.report = open_and_check(data_cfg, progress=self.main)
         raise_on_errors(self.report)
         if self.main:
             for problem in self.report.warnings[:10]:
                 logger.warning("%s", problem)
             if len(self.report.warnings) > 10:
                 logger.warning("... and %d more warnings (segtune data check %s lists them all)",
-                               len(self.report.warnings) - 10, cfg.data.path)
+                               len(self.report.warnings) - 10, data_cfg.path)
         self.full = full
-        cfg.data.classes = list(full.classes)  # formats with their own class list win; config.yaml records it
+        # What the run learns from the data (and, later, from the clock) is its run state; cfg stays as given.
+        self.run = RunState(data_path=str(data_cfg.path), data_format=full.format, classes=list(full.classes),
+                            category_ids=list(full.category_ids), epochs=cfg.train.epochs)
+        learned = run_state_of(resume) if resume is not None else None
+        if learned is not None and learned.max_steps is not None:  # a length fitted to the time limit is kept
+            self.run.epochs, self.run.max_steps = learned.epochs, learned.max_steps
         spec = MODELS.get(cfg.model.name)
         if spec.has_masks and not full.has_masks:
             raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
@@ -119,7 +125,7 @@ class Trainer:
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         model = self._given_model
         if model is None:
-            model = build_from_config(cfg.model, num_classes=len(cfg.data.classes) + 1, classes=list(cfg.data.classes),
+            model = build_from_config(cfg.model, num_classes=len(self.run.classes) + 1, classes=list(self.run.classes),
                                       num_keypoints=self.keypoints.get("num_keypoints"), load_weights=resume is None)
         model = model.to(self.device)
         self.model = model
@@ -187,10 +193,11 @@ class Trainer:
                         cfg, train=dataclasses.replace(cfg.train, resume=None))))
                     if not resumed:
                         save_split(self.run_dir / SPLIT_FILE, self.split)
+                    write_run_state(self.run_dir, self.run)
                     log_run_start(self, resumed)
-                self.gt = dataset_ground_truth(self.test_ds, cfg.data.classes)
+                self.gt = dataset_ground_truth(self.test_ds, self.run.classes)
                 self.hooks.before_train(self)
-                while self.epoch < cfg.train.epochs and not self.stop_training:
+                while self.epoch < self.run.epochs and not self.stop_training:
                     self._run_epoch()
                 self.hooks.after_train(self, self.result())
                 # Every process leaves together, so none tears its process group down while another
@@ -227,6 +234,7 @@ class Trainer:
         self.epoch, self.start_iteration = epoch + 1, 0
         if self.main:
             write_metrics(self.run_dir, self.history)
+            write_run_state(self.run_dir, self.run)
             self.checkpoints.save_epoch(record)
         self.hooks.after_epoch(self, epoch, record)
 
@@ -255,7 +263,6 @@ class Trainer:
 
     def _train_iterations(self, epoch: int, loader: torch.utils.data.DataLoader,
                           report: EpochReporter) -> dict[str, float] | None:
-        cfg = self.cfg
         for i, (images, targets) in enumerate(loader, self.start_iteration + 1):
             report.data_ready()
             images = [img.to(self.device, non_blocking=True) for img in images]
@@ -283,7 +290,8 @@ class Trainer:
             if last_of_group:
                 fitted = self.budget.refit(self.step)
                 if fitted is not None:
-                    self.cfg.train.epochs = fit_schedule(self.scheduler, *fitted, self.iters, self.accumulate, self.cfg.train)
+                    self.run.epochs = fit_schedule(self.scheduler, *fitted, self.iters, self.accumulate, self.cfg.train)
+                    self.run.max_steps = self.budget.max_steps
                 report.end = self._epoch_end(i)
             # A stop takes effect between optimiser steps, never inside an accumulation group.
             if last_of_group and i < self.iters and not self._signal and self.budget.spent(self.step):
@@ -297,7 +305,7 @@ class Trainer:
                 report.close()
                 self._interrupt(epoch, i)
                 return None
-        if self.budget.spent(self.step) and self.epoch + 1 < cfg.train.epochs:
+        if self.budget.spent(self.step) and self.epoch + 1 < self.run.epochs:
             logger.info("%s at the end of epoch %d: stopping", self.budget.reason(self.step), epoch)
             self.stop_training = True
         return report.close()
@@ -330,7 +338,7 @@ class Trainer:
         """COCO metrics of ``model`` on the test split; with several processes each scores a shard."""
         cfg = self.cfg
         report = evaluate_model(
-            model, self.test_ds, cfg.data.classes, device=self.device, batch_size=cfg.eval.batch_size,
+            model, self.test_ds, self.run.classes, device=self.device, batch_size=cfg.eval.batch_size,
             workers=self.workers, mask_threshold=cfg.eval.mask_threshold, gt=self.gt,
             shard=(self.dist.rank, self.dist.world_size), gather=dist.all_gather_objects)
         self.per_class = report.per_class

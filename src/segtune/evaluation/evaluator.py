@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segtune.checkpoint import load_checkpoint
+from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import build_dataset, build_loader
 from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoints, score, stat_names
 from segtune.models import model_from_checkpoint
@@ -191,11 +191,9 @@ def evaluate_checkpoint(
     """
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
-    if data is not None:
-        cfg.data.path = data
     dev = resolve_device(device)
     files = None if split == "all" else ckpt.get("split", {}).get(split)
-    dataset = build_dataset(cfg.data, files=files, train=False)
+    dataset = build_dataset(checkpoint_data(ckpt, data), files=files, train=False)
     logger.info("evaluating %s on %d %s images of %s", ckpt["path"], len(dataset), split, dataset.root)
     return evaluate_model(
         model.to(dev), dataset, list(ckpt["classes"]), device=dev,

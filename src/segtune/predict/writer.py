@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segtune.checkpoint import checkpoint_config, load_checkpoint
+from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import open_dataset
 from segtune.errors import CheckpointError
 from segtune.fileio import write_json
@@ -60,10 +60,7 @@ def split_images(checkpoint: str | os.PathLike, split: str, *, data: str | None 
     if files is None:
         raise CheckpointError(f"{ckpt['path']}: holds no '{split}' split (it has: "
                               f"{', '.join(sorted(ckpt.get('split', {}))) or 'none'})")
-    data_cfg = checkpoint_config(ckpt).data
-    if data is not None:
-        data_cfg.path = data
-    dataset = open_dataset(data_cfg, files=list(files))
+    dataset = open_dataset(checkpoint_data(ckpt, data), files=list(files))
     return [dataset.image_path(i) for i in range(len(dataset))]
 
 
