@@ -94,8 +94,12 @@ def backbone_family(name: str) -> _Family:
     return BACKBONES[name]
 
 
-def backbone_norm_layer(name: str, norm: str, *, pretrained: bool) -> Callable[[int], nn.Module] | None:
+def backbone_norm_layer(name: str, norm: str, *, pretrained: bool,
+                        own_eps: bool = True) -> Callable[[int], nn.Module] | None:
     """The normalisation layer for backbone ``name``; None keeps the model's own (ConvNeXt's LayerNorm).
+
+    ``own_eps`` gives BatchNorm the eps the classification weights were trained with (MobileNetV3:
+    1e-3); False keeps torch's 1e-5, as torchvision's detector builders do for their own models.
 
     Raises:
         ConfigError: ``norm`` is unknown, is not ``auto`` for a LayerNorm model, or is ``gn`` under
@@ -108,7 +112,7 @@ def backbone_norm_layer(name: str, norm: str, *, pretrained: bool) -> Callable[[
                               f"depend on the batch size; leave model.norm at auto")
         return None
     layer = checked_norm_layer(norm, pretrained=pretrained, what=f"the {name} backbone")
-    if family.bn_eps is not None and layer in (FrozenBatchNorm2d, nn.BatchNorm2d):
+    if own_eps and family.bn_eps is not None and layer in (FrozenBatchNorm2d, nn.BatchNorm2d):
         return partial(layer, eps=family.bn_eps)
     return layer
 
@@ -117,13 +121,25 @@ def checked_norm_layer(norm: str, *, pretrained: bool, what: str) -> Callable[[i
     """:func:`segtune.models.norms.norm_layer_for`, with config errors for the user."""
     if norm == "gn" and pretrained:
         raise ConfigError(
-            f"model.norm gn: the pretrained weights of {what} were trained with BatchNorm and do not load into "
+            f"model.norm 'gn': the pretrained weights of {what} were trained with BatchNorm and do not load into "
             f"GroupNorm; use gn with --weights none --weights-backbone none, or model.norm auto | frozen_bn | bn"
         )
     try:
         return norm_layer_for(norm, pretrained=pretrained)
     except ValueError as e:
         raise ConfigError(f"model.norm: {e}") from None
+
+
+def trunk_of(model: nn.Module, name: str) -> nn.Sequential:
+    """The convolutional trunk of classification model ``model`` (backbone ``name``), sharing its modules."""
+    return _trunk(model, backbone_family(name))
+
+
+def load_backbone_weights(model: nn.Module, state: dict[str, torch.Tensor], *, name: str, source: str) -> None:
+    """Load a classification state dict into ``model``'s trunk: every trunk tensor must fit, the
+    classifier part of the file (``fc``, ``classifier``) is unused. The one rule for backbone weights."""
+    load_trunk_weights(trunk_of(model, name), state, name=name, source=source)
+    logger.info("backbone %s: loaded weights %s", name, source)
 
 
 def _trunk(model: nn.Module, family: _Family) -> nn.Sequential:
@@ -271,22 +287,33 @@ def build_backbone(
         WeightsError: the weights cannot be found, fetched or loaded; offline, the message names the
             file to place in the hub cache.
     """
-    family = backbone_family(name)
     weights = resolve_backbone_weights(name, weights_backbone, must_exist=load_weights)
     if pretrained is None:
         pretrained = weights is not None
-    norm_layer = backbone_norm_layer(name, norm, pretrained=pretrained)
-    kwargs = {} if norm_layer is None else {"norm_layer": norm_layer}
-    model = torchvision.models.get_model(name, weights=None, **kwargs)
-    trunk = _trunk(model, family)
+    model = classification_body(name, backbone_norm_layer(name, norm, pretrained=pretrained))
     if load_weights and weights is not None:
-        source = str(weights) if isinstance(weights, Path) else f"{name} {weights.name}"
-        state = load_weights_state(weights, progress=progress, option="--weights-backbone")
-        load_trunk_weights(trunk, state, name=name, source=source, family=family)
-        logger.info("backbone %s: loaded weights %s", name, source)
+        load_backbone_weights(model, load_weights_state(weights, progress=progress, option="--weights-backbone"),
+                              name=name, source=weights_source(weights, name))
+    trunk = trunk_of(model, name)
     stages = trunk_stages(trunk)
     freeze_stages(trunk, stages, trainable_stages(trainable_layers, len(stages), pretrained=pretrained, name=name),
                   name=name)
+    return on_trunk(trunk, stages, name=name, fpn=fpn, fpn_channels=fpn_channels, fpn_levels=fpn_levels)
+
+
+def classification_body(name: str, norm_layer: Callable[[int], nn.Module] | None) -> nn.Module:
+    """Torchvision classification model ``name``, randomly initialised, with ``norm_layer`` (None: its own)."""
+    return torchvision.models.get_model(name, weights=None, **({} if norm_layer is None else {"norm_layer": norm_layer}))
+
+
+def weights_source(weights: object, name: str) -> str:
+    """How a resolved weights value is named in messages: the file, or ``model ENTRY``."""
+    return str(weights) if isinstance(weights, Path) else f"{name} {getattr(weights, 'name', weights)}"
+
+
+def on_trunk(trunk: nn.Sequential, stages: list[Stage], *, name: str, fpn: bool, fpn_channels: int = FPN_CHANNELS,
+             fpn_levels: int = 4) -> nn.Module:
+    """The detection backbone on a trunk: the trunk itself (its last map), or an FPN on its stages."""
     if not fpn:
         trunk.out_channels = stages[-1].channels
         return trunk

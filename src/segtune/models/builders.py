@@ -1,9 +1,12 @@
-"""Owns building registered models: weights, normalisation, frozen stages, and heads for the user's classes.
+"""Owns building registered models: the one build path every registered model goes through.
 
-Every detector goes through :func:`build_detector`: resolve the whole-model or backbone-only weights,
-pick the backbone's normalisation, build the architecture, load the weights, then give it output
-layers for the user's classes (and keypoints). The architectures themselves are registered in
-``segtune.models.zoo`` (torchvision's detectors) and ``segtune.models.backbones`` (custom backbones).
+:func:`build_detector` takes a :class:`Recipe` (declarative: which torchvision weights enum and
+classification backbone, how the detector is made around it, its head keys) and does, for every
+model alike: parse and resolve the whole-model or backbone-only weights (``segtune.models.weights``),
+pick the backbone's normalisation and trainable stages, build the classification body and load its
+weights, make the detector for the user's classes, load whole-model weights by the one rule of
+``segtune.models.loading``, and start new rows from COCO classes if asked. The recipes are declared in
+``segtune.models.zoo`` (torchvision's detectors) and ``segtune.models.composed`` (custom backbones).
 """
 
 from __future__ import annotations
@@ -11,25 +14,24 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
-from torchvision.models import WeightsEnum, get_model, get_model_weights
+from torchvision.models import WeightsEnum, get_model_weights
 from torchvision.ops import FrozenBatchNorm2d
 
 from segtune.checkpoint import checkpoint_config
-from segtune.errors import CheckpointError, ConfigError, WeightsError
-from segtune.models.backbones import trainable_stages
-from segtune.models.heads import (
-    mask_hidden_of, num_classes_of, num_keypoints_of, replace_heads, replace_keypoint_head, sizes_in_state,
+from segtune.errors import CheckpointError, ConfigError
+from segtune.models.backbones import (
+    backbone_norm_layer, classification_body, load_backbone_weights, trainable_stages, trunk_of, trunk_stages,
+    weights_source,
 )
-from segtune.models.norms import norm_layer_for
+from segtune.models.heads import mask_hidden_of, replace_heads
+from segtune.models.loading import RCNN_HEADS, HeadKeys, load_detector_state
 from segtune.models.spec import MODELS, ModelSpec
 from segtune.models.transfer import parse_coco_mapping, transfer_head_rows
+from segtune.models.weights import Weights, official_entry, resolve_detector_weights
 from segtune.models.weights import load_weights as load_weights_state
-from segtune.models.weights import official_entry, resolve_backbone_weights, resolve_weights
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ FROZEN_BN_EPS_ZERO = {
     ("fasterrcnn_resnet50_fpn", "COCO_V1"), ("maskrcnn_resnet50_fpn", "COCO_V1"),
     ("keypointrcnn_resnet50_fpn", "COCO_V1"), ("retinanet_resnet50_fpn", "COCO_V1"),
 }
+#: COCO's person keypoint count, used when none is given (torchvision's default).
+COCO_KEYPOINTS = 17
 
 
 @dataclass(frozen=True)
@@ -49,59 +53,37 @@ class Recipe:
     Attributes:
         name: the registered model name (for messages).
         weights_name: torchvision model name whose weights enum holds the whole-model weights, or
-            None for a composed model without any.
+            None for a model without any published (``--weights DEFAULT`` then means none).
         backbone_name: torchvision classification model the backbone is cut from; its weights enum
             gives ``--weights-backbone``.
-        max_trainable_layers: backbone stages there are to train (ResNet 5, MobileNetV3 6).
         make: ``make(body, *, trainable_layers, num_classes, num_keypoints, **detector_kwargs)``
             builds the detector around ``body``, the classification model (its weights loaded).
+        max_trainable_layers: backbone stages there are to train (ResNet 5, MobileNetV3 6 in
+            torchvision's count); None: the trunk's stride stages, counted on the body.
+        heads: the state-dict keys of the class-specific layers and optional heads (the loading rule's data).
         defaults: detector keyword arguments this model was trained with where they differ from
             torchvision's class defaults (e.g. the 320 px MobileNet's ``min_size``).
+        backbone_eps: BatchNorm with the classification weights' own eps (custom backbones); False:
+            torch's default, as torchvision's detector builders.
     """
 
     name: str
     weights_name: str | None
     backbone_name: str
-    max_trainable_layers: int
     make: Callable[..., nn.Module]
+    max_trainable_layers: int | None = None
+    heads: HeadKeys = RCNN_HEADS
     defaults: dict[str, Any] = field(default_factory=dict)
-
-
-def _whole_model_weights(recipe: Recipe, weights: str | None, must_exist: bool) -> WeightsEnum | Path | None:
-    if recipe.weights_name is not None:
-        return resolve_weights(recipe.weights_name, weights, must_exist=must_exist)
-    if weights is None or weights in ("none", "None", ""):
-        return None
-    if weights == "DEFAULT":
-        # The config default; a composed model has no whole-model weights, so it means "none" here
-        # and the backbone weights apply.
-        logger.info("%s has no whole-model pretrained weights; using backbone weights only", recipe.name)
-        return None
-    path = Path(weights).expanduser()
-    if path.is_file() or not must_exist:
-        return path
-    raise WeightsError(f"--weights '{weights}': {recipe.name} has no torchvision weights (DEFAULT means none "
-                       f"for it), and no such file exists")
-
-
-def _trainable_layers(recipe: Recipe, requested: int | None, pretrained: bool) -> int:
-    return trainable_stages(requested, recipe.max_trainable_layers, pretrained=pretrained, name=recipe.backbone_name)
-
-
-def _load(model: nn.Module, state: dict[str, torch.Tensor], what: str, target: str) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise WeightsError(f"{what}: does not fit {target} ({str(e).splitlines()[0]} ...)") from None
+    backbone_eps: bool = False
 
 
 def build_detector(
     recipe: Recipe,
     *,
     num_classes: int,
-    weights: str | None,
+    weights: Weights | str | None,
     load_weights: bool = True,
-    weights_backbone: str | None = None,
+    weights_backbone: Weights | str | None = None,
     norm: str = "auto",
     trainable_backbone_layers: int | None = None,
     num_keypoints: int | None = None,
@@ -114,10 +96,10 @@ def build_detector(
 
     Args:
         num_classes: classes including the background.
-        weights: whole-model weights: ``DEFAULT``, an entry name (``COCO_V1``), ``none``, or a
-            file (torchvision's, or a segtune checkpoint / state dict). All of it is loaded, then
-            the class-specific output layers are replaced where their size differs (their rows can
-            be started from COCO classes with ``head_rows``).
+        weights: whole-model weights (:class:`~segtune.models.weights.Weights`, or its text):
+            ``DEFAULT``, an entry name (``COCO_V1``), ``none``, or a file (torchvision's, or a segtune
+            checkpoint / state dict), loaded by the rule of :mod:`segtune.models.loading`: output
+            layers sized for other classes, and heads the file lacks, start new.
         load_weights: False builds the architecture the weights imply (normalisation, frozen stages,
             eps) and loads nothing: a segtune checkpoint goes on top; nothing is read or downloaded.
         weights_backbone: backbone-only weights when ``weights`` is none: ``DEFAULT``
@@ -125,62 +107,48 @@ def build_detector(
         norm: backbone normalisation (``segtune.models.norms``): ``auto`` is frozen BatchNorm under
             pretrained weights (whole-model or backbone), BatchNorm without.
         trainable_backbone_layers: backbone stages that train; default 3 when pretrained, all otherwise.
-        num_keypoints: keypoints per instance (Keypoint R-CNN only; default: the weights' or 17).
+        num_keypoints: keypoints per instance (Keypoint R-CNN only; default 17, COCO's).
         head_rows: ``head_rows[label]`` = COCO class whose pretrained rows start label ``label``
             (-1: keep the new row; ``segtune.models.transfer``); needs whole-model weights.
         mask_hidden: width of the new mask predictor (Mask R-CNN only).
-        **detector_kwargs: passed to the torchvision detector class (``min_size``, ``rpn_*``, ...).
+        **detector_kwargs: passed to the detector's ``make`` (``min_size``, ``rpn_*``, ...).
 
     Raises:
         WeightsError: weights cannot be found, fetched or loaded, or do not fit.
         ConfigError: ``norm`` or ``trainable_backbone_layers`` is invalid, or ``head_rows`` without
             whole-model weights.
     """
-    whole = _whole_model_weights(recipe, weights, must_exist=load_weights)
-    backbone_weights = None
-    if whole is None:
-        backbone_weights = resolve_backbone_weights(recipe.backbone_name, weights_backbone, must_exist=load_weights)
-    pretrained = whole is not None or backbone_weights is not None
-    if pretrained and norm == "gn":
-        raise ConfigError("model.norm 'gn' cannot hold the batch-norm statistics of pretrained weights; use it "
-                          "with model.weights none and model.weights_backbone none, or choose auto/frozen_bn/bn")
-    try:
-        norm_layer = norm_layer_for(norm, pretrained=pretrained)
-    except ValueError as e:
-        raise ConfigError(f"model.norm: {e}") from None
-    layers = _trainable_layers(recipe, trainable_backbone_layers, pretrained)
-    if head_rows is not None and whole is None and load_weights:
+    resolved = resolve_detector_weights(
+        Weights.parse(weights), Weights.parse(weights_backbone, "--weights-backbone"), model=recipe.name,
+        whole_from=recipe.weights_name, backbone_from=recipe.backbone_name, must_exist=load_weights)
+    if head_rows is not None and resolved.whole is None and load_weights:
         raise ConfigError(f"model.init_head_from_coco needs whole-model COCO weights, but {recipe.name} is built "
                           f"with model.weights '{weights}'")
-
-    body = get_model(recipe.backbone_name, weights=None, norm_layer=norm_layer)
-    if load_weights and backbone_weights is not None:
-        _load(body, load_weights_state(backbone_weights, progress=progress, option="--weights-backbone"),
-              f"--weights-backbone {weights_backbone}", recipe.backbone_name)
+    norm_layer = backbone_norm_layer(recipe.backbone_name, norm, pretrained=resolved.pretrained,
+                                     own_eps=recipe.backbone_eps)
+    body = classification_body(recipe.backbone_name, norm_layer)
+    if load_weights and resolved.backbone is not None:
+        load_backbone_weights(body, load_weights_state(resolved.backbone, progress=progress, option="--weights-backbone"),
+                              name=recipe.backbone_name, source=weights_source(resolved.backbone, recipe.backbone_name))
+    stages = recipe.max_trainable_layers or len(trunk_stages(trunk_of(body, recipe.backbone_name)))
+    layers = trainable_stages(trainable_backbone_layers, stages, pretrained=resolved.pretrained,
+                              name=recipe.backbone_name)
     model = recipe.make(body, trainable_layers=layers, num_classes=num_classes,
-                        num_keypoints=num_keypoints or 17, **{**recipe.defaults, **detector_kwargs})
+                        num_keypoints=num_keypoints or COCO_KEYPOINTS, **{**recipe.defaults, **detector_kwargs})
+    if mask_hidden_of(model) not in (None, mask_hidden):
+        replace_heads(model, num_classes, mask_hidden=mask_hidden)
 
-    state = load_weights_state(whole, progress=progress) if load_weights and whole is not None else None
-    if state is not None:
-        # Size the output layers like the file's, load everything strictly, then replace below.
-        classes, keypoints, hidden = sizes_in_state(model, state)
-        if classes is not None and (classes != num_classes_of(model) or hidden != mask_hidden_of(model)):
-            replace_heads(model, classes, mask_hidden=hidden)
-        if keypoints is not None and keypoints != num_keypoints_of(model):
-            replace_keypoint_head(model, keypoints)
-        _load(model, state, f"--weights {weights}", recipe.name)
-        logger.info("loaded %s weights %s", recipe.name, weights)
-    entry = official_entry(recipe.weights_name, whole) if recipe.weights_name is not None else None
+    state = None
+    if load_weights and resolved.whole is not None:
+        state = load_weights_state(resolved.whole, progress=progress)
+        source = weights_source(resolved.whole, recipe.weights_name or recipe.name)
+        load_detector_state(model, state, recipe.heads, source=source, model_name=recipe.name)
+        logger.info("loaded %s weights %s", recipe.name, source)
+    entry = official_entry(recipe.weights_name, resolved.whole) if recipe.weights_name is not None else None
     if entry is not None and (recipe.weights_name, entry.name) in FROZEN_BN_EPS_ZERO:
         for module in model.modules():
             if isinstance(module, FrozenBatchNorm2d):
                 module.eps = 0.0
-
-    if (state is None or head_rows is not None or num_classes_of(model) != num_classes
-            or mask_hidden_of(model) not in (None, mask_hidden)):
-        replace_heads(model, num_classes, mask_hidden=mask_hidden)
-    if num_keypoints is not None and num_keypoints_of(model) not in (None, num_keypoints):
-        replace_keypoint_head(model, num_keypoints)
     if head_rows is not None and state is not None:
         transfer_head_rows(state, model, head_rows)
     return model
@@ -205,13 +173,13 @@ def default_weights(name: str) -> WeightsEnum | None:
     return None if spec.weights_name is None else get_model_weights(spec.weights_name).DEFAULT
 
 
-def coco_categories(spec: ModelSpec, weights: str | None) -> list[str]:
+def coco_categories(spec: ModelSpec, weights: Weights | str | None) -> list[str]:
     """The categories (index = COCO label) of the whole-model weights ``weights`` of ``spec``.
 
     Raises:
         ConfigError: ``weights`` are not whole-model weights with COCO categories.
     """
-    whole = None if spec.weights_name is None else resolve_weights(spec.weights_name, weights)
+    whole = None if spec.weights_name is None else Weights.parse(weights).resolve(spec.weights_name)
     if whole is None:
         raise ConfigError(f"model.init_head_from_coco needs whole-model COCO weights (model.weights DEFAULT or a "
                           f"COCO entry or file), but {spec.name} is built with model.weights '{weights}'")
@@ -238,15 +206,18 @@ def build_from_config(
         load_weights: False: load nothing (a segtune checkpoint goes on top).
     """
     spec = _spec(model_cfg.name)
+    # --weights and --weights-backbone are parsed here, once; everything below gets typed values.
+    weights = Weights.parse(model_cfg.weights)
+    weights_backbone = Weights.parse(model_cfg.weights_backbone, "--weights-backbone")
     head_rows = None
     if model_cfg.init_head_from_coco and load_weights:
         if not classes:
             raise ConfigError("model.init_head_from_coco needs the data set's class names")
         head_rows = parse_coco_mapping(model_cfg.init_head_from_coco, classes,
-                                       coco_categories(spec, model_cfg.weights))
+                                       coco_categories(spec, weights))
     return spec.build(
-        num_classes=num_classes, weights=model_cfg.weights, load_weights=load_weights,
-        weights_backbone=model_cfg.weights_backbone, norm=model_cfg.norm,
+        num_classes=num_classes, weights=weights, load_weights=load_weights,
+        weights_backbone=weights_backbone, norm=model_cfg.norm,
         trainable_backbone_layers=model_cfg.trainable_backbone_layers, num_keypoints=num_keypoints,
         head_rows=head_rows, **spec.from_config(model_cfg),
     )

@@ -8,18 +8,13 @@ the new layers (``segtune.models.transfer``) and still read the features they we
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.fcos import FCOSClassificationHead
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead
-
-_BOX_SCORE = "roi_heads.box_predictor.cls_score.weight"
-_MASK_UP = "roi_heads.mask_predictor.conv5_mask.weight"
-_KEYPOINT_UP = "roi_heads.keypoint_predictor.kps_score_lowres.weight"
-_DENSE_LOGITS = "head.classification_head.cls_logits.weight"
 
 
 def num_classes_of(model: nn.Module) -> int:
@@ -41,24 +36,6 @@ def mask_hidden_of(model: nn.Module) -> int | None:
     """The width of a Mask R-CNN's mask predictor (its up-sampling layer's output); None without masks."""
     predictor = getattr(getattr(model, "roi_heads", None), "mask_predictor", None)
     return None if predictor is None else predictor.conv5_mask.out_channels
-
-
-def sizes_in_state(model: nn.Module, state: dict[str, Tensor]) -> tuple[int | None, int | None, int | None]:
-    """``(num_classes, num_keypoints, mask_hidden)`` of the heads a state dict for ``model``'s architecture holds.
-
-    Each is None where the state (or the model) has no such layer.
-    """
-    classes = keypoints = hidden = None
-    if isinstance(model, FasterRCNN) and _BOX_SCORE in state:
-        classes = state[_BOX_SCORE].shape[0]
-    elif isinstance(model, (RetinaNet, FCOS)) and _DENSE_LOGITS in state:
-        # One logit per anchor and class, anchor-major: A * C output channels.
-        classes = state[_DENSE_LOGITS].shape[0] // model.head.classification_head.num_anchors
-    if num_keypoints_of(model) is not None and _KEYPOINT_UP in state:
-        keypoints = state[_KEYPOINT_UP].shape[1]  # ConvTranspose2d weight: [in, out, kH, kW]
-    if mask_hidden_of(model) is not None and _MASK_UP in state:
-        hidden = state[_MASK_UP].shape[1]
-    return classes, keypoints, hidden
 
 
 def replace_heads(model: nn.Module, num_classes: int, *, mask_hidden: int | None = None) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import urllib.error
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +23,92 @@ from segtune.errors import WeightsError
 logger = logging.getLogger(__name__)
 
 NO_WEIGHTS = ("none", "None", "")
+#: What a torchvision weights entry name looks like (``DEFAULT``, ``COCO_V1``, ``IMAGENET1K_V2``).
+_ENTRY_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def weights_enum(model_name: str) -> type[WeightsEnum]:
     return get_model_weights(model_name)
 
 
+@dataclass(frozen=True)
+class Weights:
+    """A ``--weights`` / ``--weights-backbone`` value, parsed once where it enters (:meth:`parse`).
+
+    ``kind`` is ``none`` (random initialisation), ``entry`` (a torchvision weights entry: ``name`` is
+    ``DEFAULT`` or an entry such as ``COCO_V1``, checked against a model's enum by :meth:`resolve`)
+    or ``file`` (``path``: a state dict or segtune checkpoint). ``option`` names the flag in errors.
+    """
+
+    kind: str
+    name: str | None = None
+    path: Path | None = None
+    option: str = "--weights"
+
+    @classmethod
+    def parse(cls, value: Weights | str | os.PathLike | None, option: str = "--weights") -> Weights:
+        """``none``/empty/None -> none; an existing file -> file; an upper-case entry name -> entry;
+        anything else -> file (it may be missing when only the architecture is wanted)."""
+        if isinstance(value, Weights):
+            return value
+        if value is None or str(value) in NO_WEIGHTS:
+            return cls("none", option=option)
+        text = str(value)
+        path = Path(os.path.expanduser(text))
+        if _ENTRY_NAME.match(text) and not path.is_file():
+            return cls("entry", name=text, option=option)
+        return cls("file", path=path, option=option)
+
+    @property
+    def is_none(self) -> bool:
+        return self.kind == "none"
+
+    def __str__(self) -> str:
+        return {"none": "none", "entry": self.name, "file": str(self.path)}[self.kind]
+
+    def resolve(self, model_name: str | None, *, must_exist: bool = True, owner: str | None = None,
+                default: str | None = None) -> WeightsEnum | Path | None:
+        """The torchvision entry of ``model_name``'s weights enum, the file, or None.
+
+        Args:
+            model_name: the torchvision model whose enum holds the entries; None for a model that has
+                none published (``DEFAULT`` then means none, and any other entry is an error).
+            must_exist: a file must be there (False: only the architecture it implies is wanted).
+            owner: the model named in messages (default ``model_name``).
+            default: the entry ``DEFAULT`` stands for, where it is not the enum's own.
+        """
+        owner = owner or model_name
+        if self.kind == "none":
+            return None
+        if self.kind == "file" and (self.path.is_file() or not must_exist):
+            return self.path
+        if self.kind == "file" and model_name is None:
+            raise WeightsError(f"{self.option} '{self.path}': no such file ({owner} has no published weights; "
+                               f"{self.option} takes a path to a state dict or segtune checkpoint, DEFAULT or none)")
+        if self.kind == "file":
+            names = ", ".join(w.name for w in weights_enum(model_name))
+            raise WeightsError(f"{self.option} '{self.path}' is neither a weights name for {model_name} (DEFAULT, "
+                               f"{names}, none) nor an existing file")
+        if model_name is None:
+            what = "whole-model" if self.option == "--weights" else "backbone"
+            if self.name == "DEFAULT":
+                logger.info("%s has no published %s weights; DEFAULT means none", owner, what)
+                return None
+            raise WeightsError(f"{self.option} '{self.name}': {owner} has no published {what} weights; "
+                               f"{self.option} takes a path to a state dict or segtune checkpoint, DEFAULT or none")
+        enum = weights_enum(model_name)
+        names = [w.name for w in enum]
+        name = default if self.name == "DEFAULT" and default in names else self.name
+        if name == "DEFAULT":
+            return enum.DEFAULT  # type: ignore[attr-defined]
+        if name in names:
+            return enum[name]
+        raise WeightsError(f"{self.option} '{self.name}' is neither a weights name for {model_name} (DEFAULT, "
+                           f"{', '.join(names)}, none) nor an existing file")
+
+
 def resolve_weights(
-    model_name: str, spec: str | None, *, must_exist: bool = True, option: str = "--weights"
+    model_name: str, spec: Weights | str | None, *, must_exist: bool = True, option: str = "--weights"
 ) -> WeightsEnum | Path | None:
     """Turn ``--weights`` into a torchvision weights entry, a local file, or ``None`` (random init).
 
@@ -37,23 +117,11 @@ def resolve_weights(
     wanted, e.g. to rebuild a checkpoint trained from that file on another machine). ``option``
     names the flag in error messages.
     """
-    if spec is None or spec in NO_WEIGHTS:
-        return None
-    enum = weights_enum(model_name)
-    names = [w.name for w in enum]
-    if spec == "DEFAULT" or spec in names:
-        return enum[spec] if spec != "DEFAULT" else enum.DEFAULT  # type: ignore[attr-defined]
-    path = Path(os.path.expanduser(spec))
-    if path.is_file() or not must_exist:
-        return path
-    raise WeightsError(
-        f"{option} '{spec}' is neither a weights name for {model_name} (DEFAULT, {', '.join(names)}, none) "
-        f"nor an existing file"
-    )
+    return Weights.parse(spec, option).resolve(model_name, must_exist=must_exist)
 
 
 def resolve_backbone_weights(
-    backbone_name: str, spec: str | None, *, must_exist: bool = True
+    backbone_name: str, spec: Weights | str | None, *, must_exist: bool = True
 ) -> WeightsEnum | Path | None:
     """Turn ``--weights-backbone`` into a classification model's weights entry, a local file, or ``None``.
 
@@ -62,9 +130,33 @@ def resolve_backbone_weights(
     ``pretrained_backbone=True`` meant), not the classification enum's own DEFAULT, which for
     ResNet-50 and MobileNetV3 is a V2 recipe tuned for ImageNet accuracy.
     """
-    if spec == "DEFAULT" and "IMAGENET1K_V1" in weights_enum(backbone_name).__members__:
-        spec = "IMAGENET1K_V1"
-    return resolve_weights(backbone_name, spec, must_exist=must_exist, option="--weights-backbone")
+    return Weights.parse(spec, "--weights-backbone").resolve(backbone_name, must_exist=must_exist,
+                                                            default="IMAGENET1K_V1")
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """What a detector starts from: whole-model weights, else backbone-only weights, else nothing."""
+
+    whole: WeightsEnum | Path | None
+    backbone: WeightsEnum | Path | None
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether pretrained statistics end up in the backbone (decides ``auto`` norm and frozen stages)."""
+        return self.whole is not None or self.backbone is not None
+
+
+def resolve_detector_weights(weights: Weights, weights_backbone: Weights, *, model: str, whole_from: str | None,
+                             backbone_from: str, must_exist: bool = True) -> ResolvedWeights:
+    """The one rule for what a detector loads: ``weights`` (from ``whole_from``'s enum, or a file; a model
+    without published weights takes DEFAULT as none), and only when that is none, ``weights_backbone``
+    (from ``backbone_from``'s enum, DEFAULT = IMAGENET1K_V1, or a file), as torchvision's builders do."""
+    whole = weights.resolve(whole_from, must_exist=must_exist, owner=model)
+    backbone = None
+    if whole is None:
+        backbone = weights_backbone.resolve(backbone_from, must_exist=must_exist, default="IMAGENET1K_V1")
+    return ResolvedWeights(whole, backbone)
 
 
 def official_entry(model_name: str, weights: WeightsEnum | Path | None) -> WeightsEnum | None:

@@ -24,6 +24,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from segtune.errors import ConfigError
 from segtune.models.builders import Recipe, build_detector
+from segtune.models.loading import DENSE_HEADS
 from segtune.models.spec import ModelSpec, register
 
 #: ModelConfig keys every torchvision detector reads.
@@ -189,7 +190,8 @@ _add(Recipe("fasterrcnn_mobilenet_v3_large_320_fpn", "fasterrcnn_mobilenet_v3_la
      "detection", "Faster R-CNN, MobileNetV3-Large FPN on 320 px images (fastest, for mobile)")
 _add(Recipe("keypointrcnn_resnet50_fpn", "keypointrcnn_resnet50_fpn", make=_keypointrcnn, **_R50), "keypoints",
      "Keypoint R-CNN, ResNet-50 FPN (boxes and keypoints)")
-_add(Recipe("retinanet_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", make=_retinanet_v2, **_R50), "detection",
+_add(Recipe("retinanet_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", make=_retinanet_v2, heads=DENSE_HEADS, **_R50),
+     "detection",
      "RetinaNet v2, ResNet-50 FPN (one-stage)", one_stage=True)
-_add(Recipe("fcos_resnet50_fpn", "fcos_resnet50_fpn", make=_fcos, **_R50), "detection",
+_add(Recipe("fcos_resnet50_fpn", "fcos_resnet50_fpn", make=_fcos, heads=DENSE_HEADS, **_R50), "detection",
      "FCOS, ResNet-50 FPN (one-stage, anchor-free)", one_stage=True)
