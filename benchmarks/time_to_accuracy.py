@@ -36,7 +36,6 @@ from segtune.config import PRESETS
 from segtune.engine.hooks import Hook
 from segtune.engine.presets import configure
 from segtune.engine.trainer import Trainer
-from segtune.evaluation import evaluate_model
 
 LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 RECIPES = {
@@ -58,11 +57,10 @@ class ScoreEvery(Hook):
 
     def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
         # Where the budget ends training, the epoch end scores the same weights: no need to score twice.
-        if trainer.clock.elapsed < self.next or trainer.budget.spent(step):
+        if trainer.clock.elapsed < self.next or trainer.end_reason is not None:
             return
         with trainer.clock.paused():
-            report = evaluate_model(trainer.model, trainer.test_ds, trainer.cfg.data.classes, device=trainer.device,
-                                    gt=trainer.gt, mask_threshold=trainer.cfg.eval.mask_threshold)
+            report = trainer.hooks.get("evaluation").score(trainer, trainer.model)
             self.points.append(point(trainer.clock.elapsed, step, report.metrics))
             logging.getLogger("segtune.train").info("benchmark score at %.1f min (step %d): %s", self.points[-1]["minutes"],
                                                     step, fmt(self.points[-1]))

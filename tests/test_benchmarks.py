@@ -84,33 +84,43 @@ def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tm
         tta.combine(["a", "c"], "ac")
 
 
-def test_the_timer_scores_when_due_with_the_clock_paused_and_not_at_the_budgets_last_step(tta, monkeypatch):
-    """ScoreEvery with a real TimeBudget (a fitted end at step 10) and the evaluation counted, not run."""
+def test_the_timer_scores_when_due_with_the_clock_paused_and_not_at_the_budgets_last_step(tta):
+    """ScoreEvery after the real time-budget hook (a fitted end at step 10), the evaluation counted, not run."""
     from types import SimpleNamespace
 
-    from segtune.engine.budget import TimeBudget
+    from segtune.engine.budget import Stopwatch, TimeBudgetHook
+    from segtune.engine.hooks import Hook, HookList
 
-    budget = TimeBudget(60.0, max_steps=10)
     calls = []
 
-    def evaluate(model, ds, classes, **kwargs):
-        calls.append(budget.clock._since)  # None while the training clock is paused
-        return SimpleNamespace(metrics={"bbox": {"AP": 0.25}, "segm": {"AP": 0.125}})
+    class CountingEvaluation(Hook):
+        name = "evaluation"
 
-    monkeypatch.setattr(tta, "evaluate_model", evaluate)
-    trainer = SimpleNamespace(clock=budget.clock, budget=budget, model=None, test_ds=None, gt=None, device="cpu",
-                              cfg=SimpleNamespace(data=SimpleNamespace(classes=["person"]),
-                                                  eval=SimpleNamespace(mask_threshold=0.5)))
+        def score(self, trainer, model):
+            calls.append(trainer.clock._since)  # None while the training clock is paused
+            return SimpleNamespace(metrics={"bbox": {"AP": 0.25}, "segm": {"AP": 0.125}})
+
+    budget = TimeBudgetHook(60.0)
+    trainer = SimpleNamespace(clock=Stopwatch(), run=SimpleNamespace(max_steps=10, epochs=1), end_reason=None,
+                              model=None)
+    trainer.end_training = lambda reason: setattr(trainer, "end_reason", reason)
+    trainer.hooks = HookList([budget, CountingEvaluation()])
+    budget.before_train(trainer)
     scorer = tta.ScoreEvery(minutes=1.0)
-    budget.clock.start()
-    scorer.after_step(trainer, 1, {})  # not due: under a minute of training
+
+    def step(n: int) -> None:  # as the trainer fires after_step: the built-in budget first
+        budget.after_step(trainer, n, {})
+        scorer.after_step(trainer, n, {})
+
+    trainer.clock.start()
+    step(1)  # not due: under a minute of training
     assert calls == []
-    budget.clock._elapsed = 150.0  # two and a half minutes in: due (and the 2-minute mark is passed too)
-    scorer.after_step(trainer, 2, {})
+    trainer.clock._elapsed = 150.0  # two and a half minutes in: due (and the 2-minute mark is passed too)
+    step(2)
     assert calls == [None] and scorer.points == [{"minutes": 2.5, "step": 2, "bbox_AP": 0.25, "segm_AP": 0.125}]
     assert scorer.next == 180.0  # the next mark after the one scored, not the skipped 2-minute one
-    scorer.after_step(trainer, 3, {})  # not due again until minute 3
+    step(3)  # not due again until minute 3
     assert len(calls) == 1
-    budget.clock._elapsed = 200.0
-    scorer.after_step(trainer, 10, {})  # due, but the budget ends here: the epoch end scores these weights
-    assert len(calls) == 1
+    trainer.clock._elapsed = 200.0
+    step(10)  # due, but the budget ends here: the epoch end scores these weights
+    assert len(calls) == 1 and trainer.end_reason is not None

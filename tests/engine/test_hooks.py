@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from segtune.engine import hooks as hooks_mod
-from segtune.engine.hooks import (HOOKS, CallbackHook, EarlyStopping, Hook, HookList, ResultsPlotHook,
-                                  TensorBoardHook, flatten_record, select_metric)
+from segtune.engine.hooks import HOOKS, CallbackHook, EarlyStopping, Hook, HookList, flatten_record, select_metric
+from segtune.engine.log_hooks import ResultsPlotHook, TensorBoardHook
 from segtune.errors import ConfigError
 
 
@@ -197,8 +197,23 @@ def test_callback_hook_runs_user_functions(tmp_path: Path) -> None:
         CallbackHook({"after_epoch": "print"})
 
 
-def test_built_in_hooks_are_registered() -> None:
-    import segtune.engine.val_loss  # noqa: F401  (registers the validation loss)
+def test_built_in_hooks_are_registered_and_built_from_the_registry_as_the_config_asks(tmp_path) -> None:
+    from types import SimpleNamespace
 
-    assert HOOKS.names() == ["callback", "early_stopping", "results_plot", "tensorboard", "val_loss"]
+    from segtune.config import build_config
+    from segtune.engine.default_hooks import DEFAULT_HOOKS, build_hooks
+
+    assert HOOKS.names() == ["callback", "checkpoints", "early_stopping", "ema", "evaluation", "metrics_files",
+                             "results_plot", "tensorboard", "time_budget", "val_loss"]
     assert HOOKS.get("early_stopping") is EarlyStopping
+    assert all(name in HOOKS for name, _ in DEFAULT_HOOKS)
+    trainer = SimpleNamespace(cfg=build_config(), run_dir=tmp_path)
+    assert [h.name for h in build_hooks(trainer)] == ["evaluation", "val_loss", "metrics_files", "checkpoints",
+                                                      "results_plot", "tensorboard"]
+    trainer.cfg = build_config(("test", {"train.val_loss": False, "train.tensorboard": False,
+                                         "train.early_stop_patience": 2, "train.time_limit": 5.0}))
+    trainer.dist = SimpleNamespace(world_size=1)
+    hooks = build_hooks(trainer)
+    assert [h.name for h in hooks] == ["time_budget", "evaluation", "metrics_files", "checkpoints", "results_plot",
+                                       "early_stopping"]
+    assert hooks[-1].patience == 2 and hooks[0].budget.limit_s == 300.0

@@ -12,11 +12,8 @@ pixel count.
 
 from __future__ import annotations
 
-import json
-import mmap
 import os
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,43 +24,9 @@ from faster_coco_eval.core import mask as mask_utils
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink
 from segtune.data.boxes import box_areas, mask_areas, mask_boxes
+from segtune.data.coco_json import has_top_level_keys
+from segtune.data.coco_json import read_json as _read_json
 from segtune.errors import DatasetError
-
-# A JSON string (escapes included), a bracket or a colon: enough to follow the nesting and spot keys.
-_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]:]', re.DOTALL)
-
-
-def has_top_level_keys(path: Path, keys: Sequence[str]) -> bool:
-    """Whether the JSON object in ``path`` has all ``keys`` at its top level.
-
-    Scans the file (memory-mapped) only as far as it must, without building the JSON: a COCO file of
-    hundreds of megabytes is parsed once, by the reader, not again just to tell its format.
-    """
-    wanted = {json.dumps(k).encode() for k in keys}
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            start = 3 if data[:3] == b"\xef\xbb\xbf" else 0  # a UTF-8 byte-order mark
-            first = re.compile(rb"\s*").match(data, start).end()
-            if data[first:first + 1] != b"{":
-                return False
-            depth, previous = 0, b""
-            for match in _TOKEN.finditer(data, first):
-                token = match.group()
-                if token in (b"{", b"["):
-                    depth += 1
-                elif token in (b"}", b"]"):
-                    depth -= 1
-                    if depth == 0:
-                        break
-                elif token == b":" and depth == 1:
-                    wanted.discard(previous)
-                    if not wanted:
-                        return True
-                previous = token
-    except (OSError, ValueError):  # unreadable, or empty (mmap refuses a zero-length file)
-        return False
-    return False
-
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -97,24 +60,6 @@ class _Image:
     file_name: str
     height: int | None
     width: int | None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: annotation file not found") from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
-    except (UnicodeDecodeError, OSError) as e:
-        raise DatasetError(f"{path}: cannot read the annotation file ({e})") from None
-    lists = ("images", "annotations", "categories")
-    missing = [k for k in lists if not isinstance(data, dict) or not isinstance(data.get(k), list)]
-    if missing:
-        raise DatasetError(f"{path}: {', '.join(repr(k) for k in missing)} missing or not a list; a COCO "
-                           f"instances file is a JSON object with 'images', 'annotations' and 'categories' lists")
-    return data
 
 
 def _default_image_root(annotation_file: Path, names: list[str]) -> Path:

@@ -9,6 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from segtune.engine import distributed as dist
+from segtune.engine.hooks import HOOKS, Hook
+
 logger = logging.getLogger("segtune.train")
 
 #: ``fit_to_time_limit`` times the optimiser steps from the first of these; it fits the schedule after
@@ -112,3 +115,41 @@ def fit_schedule(scheduler: Any, max_steps: int, seconds: float, iters: int, acc
                 "schedule ends there", train_cfg.time_limit, seconds, max_steps, epochs, steps_per_epoch,
                 train_cfg.schedule)
     return epochs
+
+
+@HOOKS.register("time_budget")
+class TimeBudgetHook(Hook):
+    """``train.time_limit`` (and ``train.fit_to_time_limit``) as a hook on the trainer's training clock.
+
+    After each optimiser step: with fitting, sizes the schedule to the steps that fit (the epochs
+    and last step go into the run state, ``trainer.run``); once the limit or the fitted end is
+    reached, asks the trainer to end (``trainer.end_training``): the part-epoch is evaluated and
+    saved as the last. A resumed run keeps the length fitted before (``run.max_steps``). Runs on
+    every rank: rank 0's clock decides for all.
+    """
+
+    name = "time_budget"
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> TimeBudgetHook:
+        share = dist.broadcast_object if trainer.dist.world_size > 1 else (lambda value: value)
+        return cls(trainer.cfg.train.time_limit, fit=trainer.cfg.train.fit_to_time_limit, share=share)
+
+    def __init__(self, limit_min: float | None, *, fit: bool = False,
+                 share: Callable[[Any], Any] = lambda value: value) -> None:
+        self.budget = TimeBudget(limit_min, fit=fit, share=share)
+
+    def before_train(self, trainer: Any) -> None:
+        self.budget.clock = trainer.clock
+        if trainer.run.max_steps is not None:  # fitted before a resume: keep that length
+            self.budget.max_steps, self.budget.fit = trainer.run.max_steps, False
+        trainer.time_left = self.budget.seconds_left
+
+    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+        fitted = self.budget.refit(step)
+        if fitted is not None:
+            trainer.run.epochs = fit_schedule(trainer.scheduler, *fitted, trainer.iters, trainer.accumulate,
+                                              trainer.cfg.train)
+            trainer.run.max_steps = self.budget.max_steps
+        if self.budget.spent(step):
+            trainer.end_training(self.budget.reason(step))

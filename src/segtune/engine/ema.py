@@ -7,13 +7,17 @@ the update is PyTorch's fused ``_foreach_lerp_``; buffers (BatchNorm statistics)
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from segtune.checkpoint import save_checkpoint
+from segtune.engine.checkpoints import checkpoint_state
 from segtune.engine.distributed import unwrap
+from segtune.engine.hooks import HOOKS, Hook
 
 
 class ModelEMA:
@@ -85,3 +89,37 @@ class ModelEMA:
         self.module.load_state_dict(state["module"])
         self.updates = int(state["updates"])
         self.averaged.n_averaged.fill_(self.updates)
+
+
+@HOOKS.register("ema")
+class EMAHook(Hook):
+    """``train.ema``: keeps a :class:`ModelEMA` of the model, updated after every optimiser step,
+    evaluated beside the model (``record["ema"]``) and saved as ``weights/ema.pt``; its average is
+    kept in ``last.pt`` for resume."""
+
+    name = "ema"
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> EMAHook:
+        return cls(trainer.model, decay=trainer.cfg.train.ema_decay)
+
+    def __init__(self, model: nn.Module, *, decay: float = 0.9998) -> None:
+        self.ema = ModelEMA(model, decay=decay)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.ema.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.load_state_dict(state)
+
+    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+        self.ema.update(trainer.model)
+
+    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        record["ema"] = trainer.hooks.get("evaluation").score(trainer, self.ema.module).metrics
+
+    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        if trainer.main:  # the average is updated on every rank, written by one
+            save_checkpoint(Path(trainer.run_dir) / "weights" / "ema.pt",
+                            {**checkpoint_state(trainer), "model": self.ema.module.state_dict(),
+                             "metrics": record["ema"]})

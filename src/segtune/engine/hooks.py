@@ -1,12 +1,20 @@
-"""Owns the training hooks: the points where code runs around the loop, and the built-in hooks.
+"""Owns the training hooks: the points where code runs around the loop, their registry, and the small hooks.
 
-A hook subclasses :class:`Hook` and implements any of its six methods; each gets the trainer, which
-has at least ``run_dir``, ``cfg``, ``model``, ``optimizer``, ``epoch``, ``step``, ``history`` (one
-record per finished epoch, as in ``metrics.json``) and ``stop_training``. The order of a run::
+A hook subclasses :class:`Hook` and implements any of its methods; each gets the trainer, which has
+at least ``run_dir``, ``cfg``, ``run``, ``model``, ``optimizer``, ``scheduler``, ``epoch``, ``step``,
+``history`` (one record per finished epoch, as in ``metrics.json``) and ``stop_training``. The order
+of a run::
 
     before_train
-    for each epoch:   before_epoch, after_step (every optimiser step), after_eval, after_epoch
+    for each epoch:   before_epoch, after_step (every optimiser step),
+                      evaluate (fill the epoch's record), after_eval, after_epoch
+    on_interrupt      (only when a signal or a hook stops training inside an epoch)
     after_train
+
+Everything the loop does besides the steps is a hook, built in the order of
+``segtune.engine.default_hooks.DEFAULT_HOOKS`` from the :data:`HOOKS` registry: the time budget, EMA,
+evaluation, validation loss, metrics files, checkpoints, the results plot, TensorBoard, early stopping.
+A hook with a ``name`` keeps its state for resume through :meth:`Hook.state_dict` (saved in ``last.pt``).
 
 Hooks whose ``main_process_only`` is True run on rank 0 only (those that write files); the others
 run on every rank, so they must decide the same way everywhere (``EarlyStopping`` does, as every
@@ -18,17 +26,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from segtune.engine.distributed import is_main_process
 from segtune.errors import ConfigError
-from segtune.fileio import atomic_write
 from segtune.registry import Registry
 
 logger = logging.getLogger("segtune.train")
 
-EVENTS = ("before_train", "before_epoch", "after_step", "after_eval", "after_epoch", "after_train")
+EVENTS = ("before_train", "before_epoch", "after_step", "evaluate", "after_eval", "after_epoch", "on_interrupt",
+          "after_train")
 HOOKS: Registry[type] = Registry("hook")
 
 
@@ -40,6 +47,20 @@ class Hook:
     """
 
     main_process_only: bool = False
+    #: The registry name; a hook with one can be found with ``trainer.hooks.get(name)`` and keeps its state.
+    name: str | None = None
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> Hook:
+        """The hook as the trainer's config asks for it (how the built-in hooks are made)."""
+        return cls()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming needs of this hook (saved in ``last.pt`` under ``hooks/<name>``); empty: nothing."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put back what :meth:`state_dict` returned."""
 
     def before_train(self, trainer: Any) -> None:
         """Once, before the first epoch (after a resume, ``trainer.history`` holds the earlier epochs)."""
@@ -50,11 +71,17 @@ class Hook:
     def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
         """After optimiser step ``step`` (1-based, counted over the run); ``losses`` are this step's terms."""
 
+    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        """After the training part of epoch ``epoch``: add results to its ``record`` (``metrics``, ``ema``, ``val``)."""
+
     def after_eval(self, trainer: Any, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
         """After the evaluation of epoch ``epoch``; ``metrics`` as ``{"bbox": {"AP": ..., ...}, "segm": ...}``."""
 
     def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         """At the end of epoch ``epoch``; ``record`` is the epoch's entry of ``metrics.json``."""
+
+    def on_interrupt(self, trainer: Any, epoch: int, iteration: int) -> None:
+        """Training stops inside epoch ``epoch`` after batch ``iteration`` (a signal, or a hook asked)."""
 
     def after_train(self, trainer: Any, result: Any) -> None:
         """Once, when training ends (also after an early stop)."""
@@ -75,6 +102,19 @@ class HookList:
     def __len__(self) -> int:
         return len(self.hooks)
 
+    def get(self, name: str) -> Any:
+        """The hook registered as ``name``, or None when the run has none."""
+        return next((hook for hook in self.hooks if hook.name == name), None)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """``{name: state}`` of every named hook with state to keep."""
+        return {hook.name: state for hook in self.hooks if hook.name and (state := hook.state_dict())}
+
+    def load_state_dict(self, states: dict[str, dict[str, Any]]) -> None:
+        for hook in self.hooks:
+            if hook.name in states:
+                hook.load_state_dict(states[hook.name])
+
     def _call(self, event: str, trainer: Any, *args: Any) -> None:
         main = is_main_process()
         for hook in self.hooks:
@@ -91,11 +131,17 @@ class HookList:
     def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
         self._call("after_step", trainer, step, losses)
 
+    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        self._call("evaluate", trainer, epoch, record)
+
     def after_eval(self, trainer: Any, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
         self._call("after_eval", trainer, epoch, metrics)
 
     def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         self._call("after_epoch", trainer, epoch, record)
+
+    def on_interrupt(self, trainer: Any, epoch: int, iteration: int) -> None:
+        self._call("on_interrupt", trainer, epoch, iteration)
 
     def after_train(self, trainer: Any, result: Any) -> None:
         self._call("after_train", trainer, result)
@@ -152,166 +198,6 @@ def select_metric(metrics: Mapping[str, Mapping[str, float]], name: str = "auto"
                           f"choose auto or one of: {choices}") from None
 
 
-@HOOKS.register("tensorboard")
-class TensorBoardHook(Hook):
-    """TensorBoard event files in ``log_dir``: every step's loss terms and learning rate, every
-    epoch's record (mean losses, AP statistics, ...).
-
-    Tags: ``step/<loss term>`` and ``step/lr`` against the step; :func:`flatten_record`'s tags
-    (``train/loss``, ``bbox/AP``, ``segm/AP50``, ``lr``, ...) against the epoch. View with
-    ``tensorboard --logdir <run folder>``.
-    """
-
-    main_process_only = True
-
-    def __init__(self, log_dir: str | Path) -> None:
-        self.log_dir = Path(log_dir)
-        self.writer = None
-
-    def _writer(self):
-        if self.writer is None:
-            # Imported here: tensorboard costs a second to import and most commands never log.
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(log_dir=str(self.log_dir))
-        return self.writer
-
-    def before_train(self, trainer: Any) -> None:
-        self._writer()
-
-    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
-        writer = self._writer()
-        for name, value in losses.items():
-            if (number := _number(value)) is not None:
-                writer.add_scalar(f"step/{name}", number, step)
-        optimizer = getattr(trainer, "optimizer", None)
-        if optimizer is not None:
-            writer.add_scalar("step/lr", optimizer.param_groups[0]["lr"], step)
-
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        writer = self._writer()
-        for tag, value in flatten_record(record).items():
-            writer.add_scalar(tag, value, epoch)
-        writer.flush()  # one flush per epoch: the curves are up to date while training goes on
-
-    def after_train(self, trainer: Any, result: Any) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-            self.writer.close()
-            self.writer = None
-
-
-def _loss_terms(history: list[dict[str, Any]]) -> list[str]:
-    terms: list[str] = []
-    for record in history:
-        terms.extend(k for k in record.get("train", {}) if k.startswith("loss") and k not in terms)
-    return terms
-
-
-def _metric_sets(history: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """``{"": [iou types]}`` for ``record["metrics"]``, plus ``{key: [...]}`` for other metric-shaped keys (EMA)."""
-    sets: dict[str, list[str]] = {}
-    for record in history:
-        for key, value in record.items():
-            if key == "metrics":
-                key = ""
-            elif key in ("train", "epoch", "step") or not isinstance(value, Mapping) or not value:
-                continue
-            if not all(isinstance(v, Mapping) and "AP" in v for v in value.values()):
-                continue  # not {iou_type: {stat: value}}
-            types = sets.setdefault(key, [])
-            types.extend(t for t in value if t not in types)
-    return sets
-
-
-def plot_results(history: list[dict[str, Any]]):
-    """A matplotlib ``Figure`` of ``history``: one panel per loss term, one per IoU type (AP, AP50, AP75).
-
-    Validation losses under ``record["val"]`` are drawn dashed beside the training ones; metrics of
-    another model under a metric-shaped key (``record["ema"] = {"bbox": {...}}``) dashed beside the
-    model's. Drawn on the Agg canvas, without pyplot, so no display and no global state are touched.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    terms = _loss_terms(history)
-    metric_sets = _metric_sets(history)
-    iou_types: list[str] = []
-    for types in metric_sets.values():
-        iou_types.extend(t for t in types if t not in iou_types)
-    panels = len(terms) + len(iou_types)
-    cols = min(4, max(1, panels))
-    rows = max(1, math.ceil(panels / cols))
-    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-
-    def series(get: Callable[[dict[str, Any]], Any], *, metric: bool = False) -> tuple[list[int], list[float]]:
-        xs, ys = [], []
-        for record in history:
-            try:
-                value = _number(get(record))
-            except (KeyError, TypeError, AttributeError):
-                value = None
-            # COCO reports -1 for "not applicable" (no ground truth of that size): not a point to draw.
-            if value is not None and math.isfinite(value) and not (metric and value < 0):
-                xs.append(record["epoch"])
-                ys.append(value)
-        return xs, ys
-
-    i = 0
-    for term in terms:
-        ax = axes[i]
-        ax.plot(*series(lambda r: r["train"][term]), marker=".", label="train")
-        xs, ys = series(lambda r: r["val"][term])
-        if xs:
-            ax.plot(xs, ys, marker=".", linestyle="--", label="val")
-        ax.set_title(term, fontsize=9)
-        i += 1
-    for iou_type in iou_types:
-        ax = axes[i]
-        for key in metric_sets:
-            for color, stat in zip(("C0", "C1", "C2"), ("AP", "AP50", "AP75")):
-                xs, ys = series(lambda r: (r["metrics"] if key == "" else r[key])[iou_type][stat], metric=True)
-                if xs:
-                    ax.plot(xs, ys, marker=".", color=color, linestyle="-" if key == "" else "--",
-                            label=f"{key} {stat}".strip())
-        ax.set_title(f"{iou_type} AP", fontsize=9)
-        i += 1
-    for ax in axes[:i]:
-        ax.set_xlabel("epoch", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
-    for ax in axes[i:]:
-        ax.set_visible(False)
-    return fig
-
-
-@HOOKS.register("results_plot")
-class ResultsPlotHook(Hook):
-    """``results.png`` in ``run_dir``, redrawn after every epoch: loss terms and AP per epoch."""
-
-    main_process_only = True
-
-    def __init__(self, run_dir: str | Path, filename: str = "results.png") -> None:
-        self.path = Path(run_dir) / filename
-
-    def write(self, history: list[dict[str, Any]]) -> Path | None:
-        """Draw ``history`` and replace the file atomically; None (nothing written) for no epochs."""
-        if not history:
-            return None
-        fig = plot_results(history)
-        return atomic_write(self.path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
-
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        history = list(getattr(trainer, "history", []))
-        if not history or (history[-1] is not record and history[-1].get("epoch") != record.get("epoch")):
-            history.append(record)  # the trainer may append the record after the hooks ran
-        self.write(history)
-
-
 @HOOKS.register("early_stopping")
 class EarlyStopping(Hook):
     """Stop training when ``metric`` has not improved for ``patience`` epochs in a row.
@@ -325,6 +211,12 @@ class EarlyStopping(Hook):
             higher is better.
         patience: epochs without improvement to accept (at least 1).
     """
+
+    name = "early_stopping"
+
+    @classmethod
+    def from_trainer(cls, trainer: Any) -> EarlyStopping:
+        return cls(trainer.cfg.train.early_stop_metric, trainer.cfg.train.early_stop_patience)
 
     def __init__(self, metric: str = "auto", patience: int = 5) -> None:
         if patience < 1:
@@ -402,11 +294,17 @@ class CallbackHook(Hook):
     def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
         self._fire("after_step", trainer, step, losses)
 
+    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        self._fire("evaluate", trainer, epoch, record)
+
     def after_eval(self, trainer: Any, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
         self._fire("after_eval", trainer, epoch, metrics)
 
     def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         self._fire("after_epoch", trainer, epoch, record)
+
+    def on_interrupt(self, trainer: Any, epoch: int, iteration: int) -> None:
+        self._fire("on_interrupt", trainer, epoch, iteration)
 
     def after_train(self, trainer: Any, result: Any) -> None:
         self._fire("after_train", trainer, result)

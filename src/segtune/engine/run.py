@@ -10,7 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segtune.engine.checkpoints import best_index
+from segtune.engine.hooks import HOOKS, Hook
 from segtune.fileio import write_json, write_text
+
+logger = logging.getLogger("segtune.train")
 
 CONFIG_FILE, SPLIT_FILE, LOG_FILE, RUN_STATE_FILE = "config.yaml", "split.json", "train.log", "run.json"
 METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
@@ -87,3 +91,20 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     write_text(run_dir / METRICS_CSV, buf.getvalue())
+
+
+@HOOKS.register("metrics_files")
+class MetricsFilesHook(Hook):
+    """After every epoch (rank 0): ``metrics.json``, ``metrics.csv`` and ``run.json`` rewritten, and
+    the epoch's line in the log (its AP and the best epoch so far)."""
+
+    main_process_only = True
+    name = "metrics_files"
+
+    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+        write_metrics(trainer.run_dir, trainer.history)
+        write_run_state(trainer.run_dir, trainer.run)
+        best = best_index(trainer.history, trainer.cfg.train.early_stop_metric)
+        logger.info("epoch %d: %s  (best epoch %d)", record["epoch"],
+                    "  ".join(f"{k} AP {m['AP']:.4f}" for k, m in record["metrics"].items()),
+                    trainer.history[best]["epoch"])

@@ -77,21 +77,26 @@ def load_resume_state(path: Path) -> dict[str, Any]:
 
 def restore_training_state(trainer: Any, ckpt: dict[str, Any]) -> None:
     """Put every state a ``last.pt`` holds back into ``trainer`` (set up for the same run): model,
-    optimiser, schedule, scaler, EMA, position, history, training clock, fitted length, RNG."""
+    optimiser, schedule, scaler, position, history, training clock, RNG. The hooks' states (the EMA's
+    average) go back into the hooks, once made (:func:`hook_states`); the fitted length is in the
+    run state."""
     trainer.model.load_state_dict(ckpt["model"])
     trainer.optimizer.load_state_dict(ckpt["optimizer"])
     trainer.scheduler.load_state_dict(ckpt["scheduler"])
     if "scaler" in ckpt:
         trainer.scaler.load_state_dict(ckpt["scaler"])
-    if trainer.ema is not None and "ema" in ckpt:
-        trainer.ema.load_state_dict(ckpt["ema"])
     trainer.epoch, trainer.step = int(ckpt["epoch"]), int(ckpt["step"])
     trainer.start_iteration = int(ckpt.get("iteration", 0))
     trainer.history = list(ckpt.get("history", []))
-    trainer.budget.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
-    if trainer.run.max_steps is not None:  # the schedule was fitted to the time limit before the stop
-        trainer.budget.max_steps = trainer.run.max_steps
-        trainer.budget.fit = False  # keep that length
+    trainer.clock = Stopwatch(float(ckpt.get("train_time_s", 0.0)))
     trainer.resumed_from = ckpt["path"]
     if "rng" in ckpt:
         restore_rng(ckpt["rng"])
+
+
+def hook_states(ckpt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The named hooks' states in a ``last.pt``; one written before hooks kept their own has the EMA's at the top."""
+    states = dict(ckpt.get("hooks") or {})
+    if "ema" in ckpt and "ema" not in states:
+        states["ema"] = ckpt["ema"]
+    return states

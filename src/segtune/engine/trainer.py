@@ -1,7 +1,8 @@
-"""Owns the training loop: set-up from a config, epochs of steps, evaluation, checkpoints, resume and stops.
+"""Owns the training loop: set-up from a config, epochs of steps, resume and stops; everything else is a hook.
 
-Everything optional (TensorBoard, the results plot, early stopping, user callbacks) is a hook; the
-loop itself does the steps, mixed precision, accumulation, clipping, EMA and DistributedDataParallel.
+The loop does the steps: mixed precision, accumulation, clipping, DistributedDataParallel, and fires
+the hooks. Evaluation, checkpoints, the time budget, EMA, the metrics files, the plot, TensorBoard,
+early stopping and the validation loss are hooks (``segtune.engine.default_hooks``), as are the user's.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,19 +25,17 @@ from segtune.data import (DetectionDataset, build_collate, check_opened, make_sp
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
-from segtune.engine.budget import Stopwatch, TimeBudget, fit_schedule
-from segtune.engine.checkpoints import Checkpointer, best_index
-from segtune.engine.ema import ModelEMA
-from segtune.engine.hooks import EarlyStopping, Hook, HookList, ResultsPlotHook, TensorBoardHook
+from segtune.engine.budget import Stopwatch
+from segtune.engine.checkpoints import best_index
+from segtune.engine.default_hooks import build_hooks
+from segtune.engine.hooks import Hook, HookList
 from segtune.engine.logger import EpochReporter, log_run_start
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file, new_run_dir,
-                               write_metrics, write_run_state)
+                               write_run_state)
 from segtune.engine.signals import StopSignals
-from segtune.engine.state import find_resume_checkpoint, load_resume_state, restore_training_state
-from segtune.engine.val_loss import ValidationLoss
+from segtune.engine.state import find_resume_checkpoint, hook_states, load_resume_state, restore_training_state
 from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
-from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.fileio import write_text
 from segtune.models import MODELS, build_from_config
 from segtune.runtime import default_workers, seed_everything, seed_worker
@@ -62,7 +60,14 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = self.step = 0
         self.signals = StopSignals()
-        self.budget = TimeBudget(None)  # set up from train.time_limit in fit()
+        #: The training-time clock (steps and data, not evaluation); a hook that evaluates on its own
+        #: pauses it (``with trainer.clock.paused()``).
+        self.clock = Stopwatch()
+        #: Seconds of training left, if a hook (the time budget) says so; the progress ETA uses it.
+        self.time_left = None
+        #: Why training ends after this step (a hook called :meth:`end_training`), else None.
+        self.end_reason: str | None = None
+        self._resume: dict[str, Any] | None = None
 
     @property
     def _signal(self) -> str | None:
@@ -70,14 +75,14 @@ class Trainer:
         return self.signals.name
 
     @property
-    def clock(self) -> Stopwatch:
-        """The training-time clock; a hook that evaluates on its own pauses it (``with trainer.clock.paused()``)."""
-        return self.budget.clock
-
-    @property
     def max_steps(self) -> int | None:
         """The step where the schedule fitted to the time limit ends (``train.fit_to_time_limit``), else None."""
-        return self.budget.max_steps
+        return self.run.max_steps
+
+    def end_training(self, reason: str) -> None:
+        """End training after this optimiser step: the part-epoch is evaluated and saved as the last one
+        (how the time budget stops; setting ``stop_training`` inside an epoch interrupts instead)."""
+        self.end_reason = reason
 
     # --- set-up ---------------------------------------------------------------------------------
 
@@ -160,13 +165,11 @@ class Trainer:
             warmup_iters=cfg.train.warmup_iters, warmup_factor=cfg.train.warmup_factor, lr_step=cfg.train.lr_step,
             lr_milestones=cfg.train.lr_milestones, lr_gamma=cfg.train.lr_gamma)
         self._setup_amp()
-        self.ema = ModelEMA(model, decay=cfg.train.ema_decay) if cfg.train.ema else None
         self.ddp = dist.wrap_ddp(model, self.dist, sync_bn=cfg.train.sync_bn)
         if self.ddp is not model:
             self.model = self.ddp.module  # SyncBatchNorm conversion may have made a new module
         self.start_iteration = 0
-        self.budget = TimeBudget(cfg.train.time_limit, fit=cfg.train.fit_to_time_limit,
-                                 share=dist.broadcast_object if self.dist.world_size > 1 else lambda value: value)
+        self._resume = resume
         if resume is not None:
             restore_training_state(self, resume)
 
@@ -183,8 +186,9 @@ class Trainer:
         self.run_dir = Path(resumed).parent.parent if resumed else (new_run_dir(cfg.train.out) if self.main else None)
         self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
         handler = attach_log_file(self.run_dir) if self.main else None
-        self.checkpoints = Checkpointer(self)
-        self.hooks = HookList(self._builtin_hooks() + self.user_hooks)
+        self.hooks = HookList(build_hooks(self) + self.user_hooks)
+        if self._resume is not None:
+            self.hooks.load_state_dict(hook_states(self._resume))
         try:
             with self.signals:  # Ctrl-C / SIGTERM: stop after this step, with last.pt
                 if self.main:
@@ -195,7 +199,6 @@ class Trainer:
                         save_split(self.run_dir / SPLIT_FILE, self.split)
                     write_run_state(self.run_dir, self.run)
                     log_run_start(self, resumed)
-                self.gt = dataset_ground_truth(self.test_ds, self.run.classes)
                 self.hooks.before_train(self)
                 while self.epoch < self.run.epochs and not self.stop_training:
                     self._run_epoch()
@@ -221,22 +224,15 @@ class Trainer:
             raise TrainingError(f"{e}; {kept}") from None
         if losses is None:  # stopped by a signal or a hook in the middle of the epoch
             return
-        start = time.perf_counter()
-        metrics, detections = self._evaluate(self.model)
         record = {"epoch": epoch, "step": self.step, "lr": lr, "train_time_s": round(self.clock.elapsed, 2),
-                  "train": losses, "metrics": metrics,
-                  "per_class": self.per_class, "eval_time_s": time.perf_counter() - start, "detections": detections}
-        if self.ema is not None:
-            record["ema"], _ = self._evaluate(self.ema.module)
-        self.record = record  # hooks may add to the epoch's record in after_eval (ValidationLoss adds "val")
-        self.hooks.after_eval(self, epoch, metrics)
+                  "train": losses}
+        self.record = record
+        # The evaluation hook adds the metrics, the EMA hook its own, the validation loss "val".
+        self.hooks.evaluate(self, epoch, record)
+        self.hooks.after_eval(self, epoch, record.get("metrics", {}))
         self.history.append(record)
         self.epoch, self.start_iteration = epoch + 1, 0
-        if self.main:
-            write_metrics(self.run_dir, self.history)
-            write_run_state(self.run_dir, self.run)
-            self.checkpoints.save_epoch(record)
-        self.hooks.after_epoch(self, epoch, record)
+        self.hooks.after_epoch(self, epoch, record)  # metrics files and checkpoints first
 
     def _train_epoch(self, epoch: int) -> dict[str, float] | None:
         """One epoch from ``start_iteration``; None when a stop was asked for before its end."""
@@ -252,8 +248,8 @@ class Trainer:
         loader = build_loader_from_batches(self.loader, batches[self.start_iteration:], self.generator)
         report = EpochReporter(epoch, self.iters, device=self.device, print_freq=cfg.train.print_freq,
                                start=self.start_iteration, enabled=self.main)
-        if self.budget.limit_s is not None:
-            report.time_left = self.budget.seconds_left
+        if self.time_left is not None:
+            report.time_left = self.time_left
         report.end = self._epoch_end(self.start_iteration)
         self.clock.start()
         try:
@@ -288,33 +284,30 @@ class Trainer:
                 self._optimizer_step()
             report.step(i, values, lr)
             if last_of_group:
-                fitted = self.budget.refit(self.step)
-                if fitted is not None:
-                    self.run.epochs = fit_schedule(self.scheduler, *fitted, self.iters, self.accumulate, self.cfg.train)
-                    self.run.max_steps = self.budget.max_steps
                 report.end = self._epoch_end(i)
             # A stop takes effect between optimiser steps, never inside an accumulation group.
-            if last_of_group and i < self.iters and not self._signal and self.budget.spent(self.step):
-                # The time limit (or the fitted schedule) ends training here; this part-epoch is evaluated
-                # and saved as the last one.
+            if last_of_group and i < self.iters and not self._signal and self.end_reason is not None:
+                # A hook (the time budget) ends training here; this part-epoch is evaluated and saved
+                # as the last one.
                 logger.info("%s at epoch %d, iteration %d of %d: evaluating and stopping",
-                            self.budget.reason(self.step), epoch, i, self.iters)
+                            self.end_reason, epoch, i, self.iters)
                 self.stop_training = True
                 return report.close()
             if (self._signal or self.stop_training) and last_of_group and i < self.iters:
                 report.close()
                 self._interrupt(epoch, i)
                 return None
-        if self.budget.spent(self.step) and self.epoch + 1 < self.run.epochs:
-            logger.info("%s at the end of epoch %d: stopping", self.budget.reason(self.step), epoch)
+        if self.end_reason is not None and not self.stop_training:
+            if self.epoch + 1 < self.run.epochs:
+                logger.info("%s at the end of epoch %d: stopping", self.end_reason, epoch)
             self.stop_training = True
         return report.close()
 
     def _epoch_end(self, i: int) -> int:
         """The iteration this epoch ends at, given ``i`` done and the budget's fitted end (if any)."""
-        if self.budget.max_steps is None:
+        if self.run.max_steps is None:
             return self.iters
-        return min(self.iters, i + max(0, self.budget.max_steps - self.step) * self.accumulate)
+        return min(self.iters, i + max(0, self.run.max_steps - self.step) * self.accumulate)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -328,29 +321,16 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ema is not None:
-            self.ema.update(self.model)
         self.step += 1
         self.hooks.after_step(self, self.step, self._last_losses)  # before the schedule moves: logs this step's lr
         self.scheduler.step()
-
-    def _evaluate(self, model: nn.Module) -> tuple[dict[str, dict[str, float]], int]:
-        """COCO metrics of ``model`` on the test split; with several processes each scores a shard."""
-        cfg = self.cfg
-        report = evaluate_model(
-            model, self.test_ds, self.run.classes, device=self.device, batch_size=cfg.eval.batch_size,
-            workers=self.workers, mask_threshold=cfg.eval.mask_threshold, gt=self.gt,
-            shard=(self.dist.rank, self.dist.world_size), gather=dist.all_gather_objects)
-        self.per_class = report.per_class
-        return report.metrics, report.num_detections
 
     # --- checkpoints ----------------------------------------------------------------------------
 
     def _interrupt(self, epoch: int, iteration: int) -> None:
         """Write ``last.pt`` at this iteration and stop with a resume hint."""
         why = f"signal {self._signal}" if self._signal else "a hook asked to stop"
-        if self.main:
-            self.checkpoints.save_interrupted(iteration)
+        self.hooks.on_interrupt(self, epoch, iteration)  # the checkpoint hook writes last.pt (rank 0)
         dist.barrier()
         message = (f"stopped by {why} at epoch {epoch}, iteration {iteration}; {self.run_dir / 'weights' / 'last.pt'} "
                    f"holds the exact state: resume with  segtune train --resume {self.run_dir}")
@@ -367,17 +347,6 @@ class Trainer:
 
     def _best_index(self) -> int:
         return best_index(self.history, self.cfg.train.early_stop_metric)
-
-    # --- around the loop ------------------------------------------------------------------------
-
-    def _builtin_hooks(self) -> list[Hook]:
-        hooks: list[Hook] = [ValidationLoss()] if self.cfg.train.val_loss else []
-        hooks.append(ResultsPlotHook(self.run_dir))
-        if self.cfg.train.tensorboard:
-            hooks.append(TensorBoardHook(self.run_dir / "tb"))
-        if self.cfg.train.early_stop_patience is not None:
-            hooks.append(EarlyStopping(self.cfg.train.early_stop_metric, self.cfg.train.early_stop_patience))
-        return hooks
 
 
 def train(cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = None,

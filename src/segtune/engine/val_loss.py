@@ -89,11 +89,13 @@ def validation_loss(model: nn.Module, dataset: Any, *, device: torch.device, bat
 class ValidationLoss(Hook):
     """Adds ``record["val"]``, the loss terms on the test split, to every epoch's record (see the module)."""
 
+    name = "val_loss"
+
     def before_train(self, trainer: Any) -> None:
         test = trainer.test_ds  # the same images and transforms, the training rule for the targets
         self.dataset = test.view(test.files, transforms=test.transforms, keep_crowd=False)
 
-    def after_eval(self, trainer: Any, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
+    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
         start = time.perf_counter()
         values = validation_loss(
             trainer.model, self.dataset,
@@ -101,7 +103,7 @@ class ValidationLoss(Hook):
             seed=trainer.cfg.train.seed + epoch, autocast=trainer._autocast(),
             shard=(trainer.dist.rank, trainer.dist.world_size), gather=dist.all_gather_objects)
         if values:
-            trainer.record["val"] = values
+            record["val"] = values
             logger.info("epoch %d validation loss %.4f (%s; %.1f s)", epoch, values["loss"],
                         ", ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "loss"),
                         time.perf_counter() - start)
