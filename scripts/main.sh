@@ -10,7 +10,8 @@ bash scripts/setup.sh
 DATA=${1:-${SEGTUNE_DATA:-../shared/data/PennFudanPed}}
 RUN=runs/pennfudan-$(date +%Y%m%d-%H%M%S)
 SEGTUNE=.venv/bin/segtune
-$SEGTUNE train --data "$DATA" --out "$RUN" --preset auto --time-limit "${SEGTUNE_TIME_LIMIT:-10}"
+# --test-size 50: the tutorial's split of Penn-Fudan (120 train / 50 test), so figures compare with it.
+$SEGTUNE train --data "$DATA" --out "$RUN" --preset auto --time-limit "${SEGTUNE_TIME_LIMIT:-10}" --test-size 50
 $SEGTUNE predict "$RUN/weights/best.pt" --split test --out "$RUN/predictions"
 $SEGTUNE evaluate "$RUN/weights/best.pt" --out "$RUN/evaluation.json"
 echo

@@ -50,7 +50,9 @@ class DataConfig:
     aspect_ratio_group_factor: int = _opt(3, "batch images of similar aspect ratio: this many log-spaced "
                                           "bins per side of ratio 1, between 1/2 and 2 (-1: off)")
     min_box_size: float = _opt(2.0, "data check: warn about boxes narrower or lower than this many pixels")
-    test_size: float = _opt(50, "test split: a count of images, or a fraction if below 1")
+    test_size: float = _opt(0.2, "test split when the data set has none of its own: a count of images, or a "
+                            "fraction if below 1 (default: a fifth of the images, at most --test-max)")
+    test_max: int | None = _opt(500, "most test images a fractional --test-size gives (none: no cap)")
     split_seed: int = _opt(0, "seed of the random train/test split")
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
 

@@ -9,11 +9,36 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from segtune.errors import ConfigError
+
 
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_folder(path: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """``path`` as a folder to write into later: a ConfigError now if it, or a folder above it, is a file."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ConfigError(f"{path}: cannot be the {what}: {blocker} is a file, not a folder (give a folder path)")
+    return path
+
+
+def make_folder(path: str | os.PathLike, *, what: str = "output folder") -> Path:
+    """Create folder ``path`` (and its parents) if missing; a file in the way is a clear error, not a traceback.
+
+    Raises:
+        ConfigError: ``path``, or a folder above it, exists as a file (or cannot be made).
+    """
+    path = check_folder(path, what=what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot make the {what} ({e.strerror or e})") from None
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False) -> Path:
@@ -22,7 +47,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
     If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, what=f"folder of {path.name}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
@@ -43,6 +68,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda f: f.write(text))
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    return atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -206,12 +206,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         return self._image_id_of(self.files[index])
 
     def get_height_and_width(self, index: int) -> tuple[int, int]:
-        """``(height, width)`` of image ``index``, read from the file header only."""
+        """``(height, width)`` of image ``index`` as shown (EXIF orientation applied), from the file header only."""
         return read_size(self.image_path(index))
+
+    def read_image(self, index: int) -> np.ndarray:
+        """The pixels of image ``index``, ``uint8[H, W, 3]``, EXIF orientation applied; a format whose
+        images may live elsewhere (LabelMe's embedded ``imageData``) overrides this and the size."""
+        return load_rgb(self.image_path(index))
 
     def load(self, index: int) -> tuple[np.ndarray, dict[str, Any]]:
         """Decode image ``index`` into ``uint8[H, W, 3]`` and its target of plain tensors."""
-        image = load_rgb(self.image_path(index))
+        image = self.read_image(index)
         height, width = image.shape[:2]
         raw = self._instances(index, height, width)
         return image, self._target(index, raw, height, width)

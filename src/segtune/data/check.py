@@ -52,6 +52,7 @@ class CheckReport:
         min_box_size: the threshold boxes were checked against (pixels).
         small_boxes: boxes narrower or lower than ``min_box_size``.
         problems: every defect, in the order found; ``error`` ones stop training.
+        instance_counts: instances (crowd regions excluded) per image name, for judging a split.
     """
 
     path: str
@@ -63,6 +64,7 @@ class CheckReport:
     instances_per_image: tuple[int, float, int] | None = None
     class_counts: dict[str, int] = field(default_factory=dict)
     empty_images: list[str] = field(default_factory=list)
+    instance_counts: dict[str, int] = field(default_factory=dict)
     unreadable: int = 0
     height_range: tuple[int, int] | None = None
     width_range: tuple[int, int] | None = None
@@ -230,6 +232,7 @@ def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> 
         per_image.append(count)
         report.instances += count
         report.crowd += int(target["iscrowd"].sum())
+        report.instance_counts[dataset.files[i]] = count - int(target["iscrowd"].sum())
         labels.update(int(v) for v in target["labels"])
         if count == 0:
             report.empty_images.append(dataset.files[i])

@@ -62,9 +62,15 @@ class _Image:
     width: int | None
 
 
+#: Category names that stand for "no object" in exporters' output: never trained as a class.
+BACKGROUND_NAMES = ("_background_", "__background__")
+
+
 def _default_image_root(annotation_file: Path, names: list[str]) -> Path:
-    """The JSON's folder if the file names resolve there, else its parent (``annotations/x.json`` + images)."""
-    folders = [annotation_file.parent, annotation_file.parent.parent]
+    """Where the file names resolve: the JSON's folder, its parent (``annotations/x.json`` + images), or an
+    ``images/`` folder beside either (a common export layout)."""
+    here, up = annotation_file.parent, annotation_file.parent.parent
+    folders = list(dict.fromkeys([here, up, here / "images", up / "images"]))
     for folder in folders:
         if any((folder / name).is_file() for name in names):
             return folder
@@ -117,7 +123,8 @@ class CocoDataset(DetectionDataset):
         super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
         self.annotation_file = Path(annotation_file)
         data = _read_json(self.annotation_file)
-        self._read_categories(data["categories"])
+        used = {_key(a.get("category_id")) for a in data["annotations"] if isinstance(a, dict)}
+        self._read_categories(data["categories"], used)
         images = self._read_images(data["images"])
         if not images:
             raise DatasetError(f"{self.annotation_file}: 'images' lists no usable image")
@@ -139,7 +146,10 @@ class CocoDataset(DetectionDataset):
 
     # --- reading the JSON -----------------------------------------------------------------------
 
-    def _read_categories(self, categories: list[Any]) -> None:
+    def _read_categories(self, categories: list[Any], used: set[int | None]) -> None:
+        """Categories in ascending id order become labels 1..C, except those that are no class to learn:
+        a background category (labelme2coco's ``_background_``), and a category that is only the
+        ``supercategory`` of others and labels nothing (Roboflow's id 0). Duplicate names get their id added."""
         where = self.annotation_file
         by_id: dict[int, dict[str, Any]] = {}
         for n, cat in enumerate(categories):
@@ -152,8 +162,24 @@ class CocoDataset(DetectionDataset):
             by_id[cat["id"]] = cat
         if not by_id:
             raise DatasetError(f"{where}: 'categories' is empty; a COCO file names at least one category")
-        ordered = [by_id[i] for i in sorted(by_id)]
-        self.classes = [cat["name"] for cat in ordered]
+        parents = {c.get("supercategory") for c in by_id.values() if c.get("supercategory") != c["name"]}
+        self._dropped: dict[int, str] = {}
+        for cat_id, cat in sorted(by_id.items()):
+            if cat["name"] in BACKGROUND_NAMES:
+                self._dropped[cat_id] = f"'{cat['name']}' is the background, not a class"
+            elif cat["name"] in parents and cat_id not in used and len(by_id) > 1:
+                self._dropped[cat_id] = f"'{cat['name']}' only groups other categories (their supercategory)"
+        for cat_id, why in self._dropped.items():
+            self.problem("not-a-class", where, f"category {cat_id}: {why}; not trained as a class", WARNING)
+        ordered = [by_id[i] for i in sorted(by_id) if i not in self._dropped]
+        if not ordered:
+            raise DatasetError(f"{where}: no category is a class to learn (only {', '.join(self._dropped.values())})")
+        names = [cat["name"] for cat in ordered]
+        for cat in ordered:
+            if names.count(cat["name"]) > 1:  # per-class AP and predictions.json name classes: keep them apart
+                self.problem("duplicate-name", where, f"category name '{cat['name']}' is used by several ids; "
+                             f"category {cat['id']} is called '{cat['name']} ({cat['id']})'", WARNING)
+        self.classes = [f"{c['name']} ({c['id']})" if names.count(c["name"]) > 1 else c["name"] for c in ordered]
         self.category_ids = [cat["id"] for cat in ordered]
         self._labels = {cat_id: i + 1 for i, cat_id in enumerate(self.category_ids)}
         for cat in ordered:  # torchvision's keypoint heads predict one K for all classes: take the first
@@ -216,6 +242,8 @@ class CocoDataset(DetectionDataset):
                 dangling = 0  # say the total once
                 continue
             label = self._labels.get(_key(ann.get("category_id")))
+            if label is None and _key(ann.get("category_id")) in self._dropped:
+                continue  # said once, for the category
             if label is None:
                 self.problem("unknown-label", where, f"annotation {aid}: category_id {ann.get('category_id')!r} is not "
                              f"in 'categories' (ids: {', '.join(map(str, self.category_ids))}); skipped")

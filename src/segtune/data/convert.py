@@ -15,16 +15,18 @@ from typing import Any
 from segtune.data.base import DetectionDataset, relative_name
 from segtune.data.build import open_dataset
 from segtune.data.coco_json import encode_masks, xyxy_to_xywh
-from segtune.fileio import write_json
+from segtune.fileio import write_bytes, write_json
 
 
-def to_coco(dataset: DetectionDataset, *, file_root: Path | None = None,
+def to_coco(dataset: DetectionDataset, *, file_root: Path | None = None, image_dir: Path | None = None,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The COCO instances dict of ``dataset``, read as annotated (its transforms are not applied).
 
     Args:
         dataset: any reader; crowd regions are written only if it keeps them (``keep_crowd=True``).
         file_root: write ``file_name`` relative to this folder; None: the data set's own names.
+        image_dir: where an image that exists only inside its annotation file (LabelMe's ``imageData``)
+            is written out as a file, under the data set's name for it; None: not written.
         progress: called as ``progress(done, total)`` after each image.
 
     Returns:
@@ -37,7 +39,12 @@ def to_coco(dataset: DetectionDataset, *, file_root: Path | None = None,
         array, target = dataset.load(i)  # load(), not [i]: no augmentation, pixels as on disk
         height, width = array.shape[:2]
         image_id = dataset.image_id(i)
-        name = relative_name(dataset.image_path(i), file_root) if file_root is not None else dataset.files[i]
+        path = dataset.image_path(i)
+        embedded = getattr(dataset, "embedded_image", lambda index: None)(i)
+        if embedded is not None and image_dir is not None:
+            path = image_dir / dataset.files[i]
+            write_bytes(path, embedded)  # the file as it was embedded (EXIF and all)
+        name = relative_name(path, file_root) if file_root is not None else dataset.files[i]
         images.append({"id": image_id, "file_name": name, "height": height, "width": width})
         n = len(target["labels"])
         rles = encode_masks(target["masks"]) if "masks" in target else [None] * n
@@ -76,7 +83,8 @@ def convert_to_coco(data_cfg: Any, out: str | os.PathLike,
     """Write the data set ``data_cfg`` describes to ``out`` as COCO instances JSON (atomically).
 
     Crowd regions are kept. ``file_name`` values are relative to ``out``'s folder, so
-    ``CocoDataset(out)`` finds the images with no ``image_root``.
+    ``CocoDataset(out)`` finds the images with no ``image_root``; images embedded in their annotation
+    files (LabelMe ``imageData``) are written out under ``images/`` beside ``out``.
 
     Returns:
         ``{"images": n, "annotations": n, "categories": n}``.
@@ -86,6 +94,7 @@ def convert_to_coco(data_cfg: Any, out: str | os.PathLike,
     """
     out = Path(out)
     dataset = open_dataset(data_cfg, keep_crowd=True)
-    coco = to_coco(dataset, file_root=out.absolute().parent, progress=progress)
+    coco = to_coco(dataset, file_root=out.absolute().parent, image_dir=out.absolute().parent / "images",
+                   progress=progress)
     write_json(out, coco)
     return {key: len(coco[key]) for key in ("images", "annotations", "categories")}

@@ -1,12 +1,18 @@
-"""Owns reading image and mask files: any PIL mode to RGB, header-only sizes, named errors."""
+"""Owns reading image and mask files: any PIL mode to RGB, EXIF orientation, header-only sizes, named errors.
+
+Photos are read as they are shown: the EXIF orientation tag (every phone photo has one) is applied on
+load, and header-only sizes are those of the turned image, because labelling tools (LabelMe, CVAT,
+Roboflow) annotate the image after turning it. Mask files are read as stored.
+"""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from segtune.errors import DatasetError
 
@@ -16,7 +22,22 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _WIDE_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 
 
-def _open(path: Path) -> Image.Image:
+#: The EXIF tag that says how to turn the stored pixels to show the photo upright.
+EXIF_ORIENTATION = 0x0112
+#: Orientations that turn the image by 90 degrees (so height and width swap).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+Source = str | os.PathLike | bytes
+
+
+def _open_bytes(data: bytes, name: str | None) -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DatasetError(f"{name or 'embedded image'}: not a readable image ({e})") from None
+
+
+def _open_path(path: Path) -> Image.Image:
     try:
         return Image.open(path)
     except FileNotFoundError:
@@ -25,31 +46,52 @@ def _open(path: Path) -> Image.Image:
         raise DatasetError(f"{path}: not a readable image ({e})") from None
 
 
-def read_size(path: str | os.PathLike) -> tuple[int, int]:
-    """Return ``(height, width)`` from the file header, without decoding the pixels."""
-    with _open(Path(path)) as img:
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1 = upright, also when it has none or it cannot be read)."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a malformed EXIF block: show the pixels as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def read_size(source: Source, *, name: str | None = None) -> tuple[int, int]:
+    """``(height, width)`` of the image as shown (EXIF orientation applied), from the header only.
+
+    ``source`` is a file path or the file's bytes (``name`` then names it in errors).
+    """
+    with _source(source, name) as img:
         width, height = img.size
-    return height, width
+        turned = orientation(img) in _QUARTER_TURNS
+    return (width, height) if turned else (height, width)
 
 
-def _decode(path: Path) -> Image.Image:
-    img = _open(path)
+def _source(source: Source, name: str | None) -> Image.Image:
+    if isinstance(source, (bytes, bytearray)):
+        return _open_bytes(bytes(source), name)
+    return _open_path(Path(source))
+
+
+def _decode(source: Source, name: str | None = None) -> Image.Image:
+    img = _source(source, name)
     try:
         img.load()
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         img.close()
-        raise DatasetError(f"{path}: image data is truncated or corrupt ({e})") from None
+        raise DatasetError(f"{name or source}: image data is truncated or corrupt ({e})") from None
     return img
 
 
-def load_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to a ``uint8[H, W, 3]`` RGB array.
+def load_rgb(source: Source, *, name: str | None = None) -> np.ndarray:
+    """Decode an image (a file path, or the file's bytes named ``name``) to a ``uint8[H, W, 3]`` RGB array.
 
-    Grayscale and palette images are expanded, alpha is dropped (the colour channels are kept as they are),
-    and 16-bit or float images are scaled to 8 bits rather than clipped.
+    The EXIF orientation is applied (the photo as shown). Grayscale and palette images are expanded,
+    alpha is dropped (the colour channels are kept as they are), and 16-bit or float images are
+    scaled to 8 bits rather than clipped.
     """
-    path = Path(path)
-    img = _decode(path)
+    img = _decode(source, name)
+    if orientation(img) != 1:
+        img = ImageOps.exif_transpose(img)
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
@@ -69,7 +111,7 @@ def load_instance_mask(path: str | os.PathLike) -> np.ndarray:
     channels are all equal is read as grey; otherwise each distinct colour is one instance id.
     """
     path = Path(path)
-    img = _decode(path)
+    img = _decode(path)  # as stored: masks carry no orientation of their own
     if img.mode in ("RGB", "RGBA"):
         arr = np.asarray(img.convert("RGB"), dtype=np.int64)
         if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():

@@ -1,8 +1,9 @@
 """Owns the LabelMe data set: a folder of per-image JSON files with labelled polygon shapes.
 
 Every ``*.json`` under the folder (sub-folders included, hidden ones skipped) that has ``shapes`` and
-``imagePath`` annotates one image: ``imagePath`` relative to the JSON's folder (the embedded
-``imageData`` is not read). Shapes become instance masks with COCO's pixel convention (see
+``imagePath`` annotates one image: ``imagePath`` relative to the JSON's folder; when that does not
+resolve (a path from another machine), the file of that name beside the JSON, else the image the JSON
+embeds as base64 ``imageData`` (how older LabelMe versions save). Shapes become instance masks with COCO's pixel convention (see
 :mod:`segtune.data.polygons`):
 
 - ``polygon`` (at least 3 points), ``rectangle`` (2 opposite corners), ``circle`` (centre, then a
@@ -32,6 +33,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink, relative_name
+from segtune.data.images import load_rgb, read_size
 from segtune.data.polygons import circle_mask, polygons_to_mask, rectangle_polygon
 from segtune.errors import DatasetError
 
@@ -66,6 +68,7 @@ class _Annotation:
     json_path: Path
     size: tuple[int, int] | None  # (height, width) as the JSON says, if it says
     objects: list[_Object]
+    embedded: bool = False  # the image is the JSON's imageData (no file of it exists)
 
 
 def _json_files(folder: Path) -> list[Path]:
@@ -151,7 +154,8 @@ class LabelmeDataset(DetectionDataset):
             paths[name] = image
             self._annotations[name] = annotation
         if not paths:
-            raise DatasetError(f"{self.root}: no LabelMe JSON files with 'shapes' and an existing 'imagePath' found")
+            raise DatasetError(f"{self.root}: no LabelMe JSON files with 'shapes' and an image (an existing "
+                               "'imagePath', or the image embedded as 'imageData') found")
 
         self.classes_file: Path | None = None
         if classes is not None:
@@ -202,14 +206,19 @@ class LabelmeDataset(DetectionDataset):
             self.problem("bad-label-file", path, "has 'shapes' but no 'imagePath' naming its image")
             return None
         # LabelMe on Windows writes backslashes; they are separators there, never part of a name.
-        image = Path(os.path.normpath(path.parent / image_path.replace("\\", "/")))
+        written = image_path.replace("\\", "/")
+        image = Path(os.path.normpath(path.parent / written))
+        beside = path.parent / written.rsplit("/", 1)[-1]  # the same name next to the JSON
+        if not image.is_file() and beside.is_file():
+            image = beside
+        embedded = False
         if not image.is_file():
-            hint = (" (the JSON embeds the image as imageData, which segtune does not read: save the image "
-                    "file there)") if data.get("imageData") else ""
-            self.problem("missing-image", path, f"imagePath '{image_path}' points to {image}, which does not "
-                         f"exist{hint}")
-            return None
-        return image, _Annotation(path, self._size(data), self._objects(path, data["shapes"]))
+            if not (isinstance(data.get("imageData"), str) and data["imageData"]):
+                self.problem("missing-image", path, f"imagePath '{image_path}' points to {image}, which does not "
+                             f"exist, and the file embeds no imageData")
+                return None
+            image, embedded = beside, True  # named as if beside the JSON; the pixels come from imageData
+        return image, _Annotation(path, self._size(data), self._objects(path, data["shapes"]), embedded)
 
     @staticmethod
     def _size(data: dict[str, Any]) -> tuple[int, int] | None:
@@ -300,6 +309,32 @@ class LabelmeDataset(DetectionDataset):
 
     def _annotation_source(self, index: int) -> str:
         return str(self.json_path(index))
+
+    def embedded_image(self, index: int) -> bytes | None:
+        """The image file's bytes from the JSON's ``imageData`` when no image file exists; else None.
+
+        Read from the JSON on demand (each may hold megabytes), not kept in memory.
+        """
+        annotation = self._annotations[self.files[index]]
+        if not annotation.embedded:
+            return None
+        try:
+            data = json.loads(annotation.json_path.read_text(encoding="utf-8"))
+            return base64.b64decode(data["imageData"], validate=False)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, binascii.Error) as e:
+            raise DatasetError(f"{annotation.json_path}: cannot read the embedded imageData ({e})") from None
+
+    def read_image(self, index: int) -> np.ndarray:
+        embedded = self.embedded_image(index)
+        if embedded is None:
+            return super().read_image(index)
+        return load_rgb(embedded, name=f"{self.json_path(index)} (imageData)")
+
+    def get_height_and_width(self, index: int) -> tuple[int, int]:
+        embedded = self.embedded_image(index)
+        if embedded is None:
+            return super().get_height_and_width(index)
+        return read_size(embedded, name=f"{self.json_path(index)} (imageData)")
 
     def _instances(self, index: int, height: int, width: int) -> Instances:
         annotation = self._annotations[self.files[index]]

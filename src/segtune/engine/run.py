@@ -12,7 +12,7 @@ from typing import Any
 
 from segtune.engine.checkpoints import best_index
 from segtune.engine.hooks import HOOKS, Hook
-from segtune.fileio import write_json, write_text
+from segtune.fileio import check_folder, make_folder, write_json, write_text
 
 logger = logging.getLogger("segtune.train")
 
@@ -37,11 +37,13 @@ class TrainResult:
 def new_run_dir(out: str | os.PathLike) -> Path:
     """``out`` itself if it is new or empty, else the first free ``out-2``, ``out-3``, ... (never overwrite a run)."""
     base = Path(out)
+    make_folder(base.parent, what="folder of the run (--out)")
     candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
+    check_folder(base, what="run folder (--out)")
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
-    (candidate / "weights").mkdir(parents=True, exist_ok=True)
+    make_folder(candidate / "weights", what="run folder (--out)")
     return candidate
 
 

@@ -23,6 +23,7 @@ from segtune.config import Config, dump_yaml, resolve_data_path
 from segtune.data import (DetectionDataset, build_collate, check_opened, make_split, open_and_check, prepare,
                           raise_on_errors, save_split)
 from segtune.data.build import build_loader, build_loader_from_batches
+from segtune.data.split import warn_if_small
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch
@@ -36,7 +37,7 @@ from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log
 from segtune.engine.signals import StopSignals
 from segtune.engine.state import find_resume_checkpoint, hook_states, load_resume_state, restore_training_state
 from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
-from segtune.fileio import write_text
+from segtune.fileio import check_folder, write_text
 from segtune.models import MODELS, build_from_config
 from segtune.runtime import default_workers, seed_everything, seed_worker
 
@@ -93,6 +94,8 @@ class Trainer:
         self.main = self.dist.rank == 0
         if not self.main:  # one process speaks for all; the others only warn
             logging.getLogger("segtune").setLevel(logging.WARNING)
+        if not cfg.train.resume:  # a file where the run folder goes: say so now, not after the data check
+            check_folder(cfg.train.out, what="run folder (--out)")
         data_cfg = dataclasses.replace(cfg.data, path=resolve_data_path(cfg.data.path))
         resume = None
         if cfg.train.resume:
@@ -125,7 +128,12 @@ class Trainer:
             raise ConfigError(f"{full.root}: the data set has no keypoints, but {cfg.model.name} needs them (a COCO "
                               f"person-keypoints file: 'keypoints' in its categories and annotations)")
         self.keypoints = keypoints if spec.has_keypoints else {}
-        self.split = resume["split"] if resume else make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed)
+        if resume:
+            self.split = resume["split"]
+        else:
+            self.split = make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed, cfg.data.test_max)
+            if self.main:
+                warn_if_small(self.split, self.report.instance_counts)
 
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         model = self._given_model

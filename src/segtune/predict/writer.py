@@ -11,7 +11,7 @@ from typing import Any
 from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import open_dataset
 from segtune.errors import CheckpointError
-from segtune.fileio import write_json
+from segtune.fileio import make_folder, write_json
 from segtune.predict.predictor import Predictor, expand_inputs
 from segtune.predict.visualise import save_png
 from segtune.runtime import track
@@ -71,8 +71,7 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
     and ``category_name``. ``image_id`` is the input's position in the expanded list.
     """
     paths = expand_inputs(inputs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir, what="output folder (--out)")
     results: list[dict[str, Any]] = []
     pictures = []
     for image_id, (path, name) in enumerate(track(list(zip(paths, _picture_names(paths))), total=len(paths),
