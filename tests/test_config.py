@@ -16,8 +16,10 @@ def test_defaults_are_the_tutorial_recipe() -> None:
     assert (cfg.train.batch_size, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay) == (2, 0.005, 0.9, 5e-4)
     assert (cfg.train.lr_step, cfg.train.lr_gamma, cfg.train.epochs, cfg.train.hflip_prob) == (3, 0.1, 10, 0.5)
     assert cfg.model.name == "maskrcnn_resnet50_fpn" and cfg.model.weights == "DEFAULT"
-    assert (cfg.data.images_dir, cfg.data.masks_dir, cfg.data.mask_suffix, cfg.data.test_size) == (
-        "PNGImages", "PedMasks", "_mask", 50)
+    # The mask-folder layout is found (Penn-Fudan's: PNGImages, PedMasks, _mask; tests/data/test_mask_layouts.py);
+    # the test split is a fifth of the images, at most 500, where the data set has none of its own.
+    assert (cfg.data.images_dir, cfg.data.masks_dir, cfg.data.mask_suffix) == ("auto", "auto", "auto")
+    assert (cfg.data.test_size, cfg.data.test_max) == (0.2, 500)
 
 
 def test_user_settings_win_over_the_preset() -> None:

@@ -40,13 +40,16 @@ class DataConfig:
     )
     format: str = _opt("auto", "data format: auto (detect) | masks | coco | yolo | labelme",
                        choices=["auto", "masks", "coco", "yolo", "labelme"])
-    images_dir: str = _opt("PNGImages", "mask folders: folder of images inside the data set")
-    masks_dir: str = _opt("PedMasks", "mask folders: folder of instance masks inside the data set")
-    mask_suffix: str = _opt("_mask", "mask folders: mask file name = image stem + this suffix (+ any image extension)")
+    images_dir: str = _opt("auto", "mask folders: folder of images inside the data set (auto: PNGImages, images, "
+                           "imgs, img or JPEGImages)")
+    masks_dir: str = _opt("auto", "mask folders: folder of instance masks inside the data set (auto: PedMasks, masks, "
+                          "labels, annotations, instances or SegmentationObject)")
+    mask_suffix: str = _opt("auto", "mask folders: mask file name = image stem + this suffix (+ any image "
+                            "extension); auto: whichever of _mask, none, _label, _instances, _masks, -mask pairs most")
     class_map: str | None = _opt(None, "mask folders: YAML/JSON file with 'classes' and 'values' (mask value -> class)")
     image_root: str | None = _opt(None, "COCO: folder that file_name paths are relative to (default: found next to the JSON)")
-    classes: list[str] = _opt(["pedestrian"], "class names, comma-separated, for mask folders without a class map "
-                              "(other formats name their classes themselves)")
+    classes: list[str] = _opt([], "class names, comma-separated, for mask folders without a class map (default: "
+                              "pedestrian for Penn-Fudan's PedMasks, else object; other formats name their classes)")
     aspect_ratio_group_factor: int = _opt(3, "batch images of similar aspect ratio: this many log-spaced "
                                           "bins per side of ratio 1, between 1/2 and 2 (-1: off)")
     min_box_size: float = _opt(2.0, "data check: warn about boxes narrower or lower than this many pixels")
@@ -318,7 +321,6 @@ def validate(cfg: Config) -> None:
          "train.max_iters_per_epoch must be at least 1"),
         (cfg.train.lr_step >= 1, "train.lr_step must be at least 1"),
         (cfg.data.test_size > 0, "data.test_size must be positive"),
-        (len(cfg.data.classes) >= 1, "data.classes must name at least one class"),
         (cfg.model.min_size >= 32 and cfg.model.max_size >= cfg.model.min_size,
          "model.min_size must be at least 32 and model.max_size at least model.min_size"),
     ]

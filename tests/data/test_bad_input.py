@@ -63,12 +63,15 @@ def test_data_path_does_not_exist(tmp_path: Path):
 def test_images_folder_missing(tmp_path: Path):
     root = tmp_path / "d"
     (root / "PedMasks").mkdir(parents=True)
-    (root / "images").mkdir()
+    (root / "pictures").mkdir()
     with pytest.raises(DatasetError) as e:
         MaskFolderDataset(root)
     msg = str(e.value)
     assert str(root / "PNGImages") in msg and "images folder not found" in msg
-    assert "--images-dir" in msg and "images" in msg.split("holds:")[1]  # lists what the folder holds
+    assert "--images-dir" in msg and "pictures" in msg.split("holds:")[1]  # lists what the folder holds
+    (root / "images").mkdir()  # a known images folder, but empty: named as such
+    with pytest.raises(DatasetError, match=f"{root / 'images'}: no images found"):
+        MaskFolderDataset(root)
 
 
 def test_masks_folder_missing(tmp_path: Path):

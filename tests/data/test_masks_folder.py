@@ -237,8 +237,8 @@ def test_custom_folder_names_and_suffix(tmp_path: Path):
     assert ds.image_path(0) == root / "imgs" / "q.png"
     assert ds.mask_path(0) == root / "ann" / "q-seg.png"
     assert ds[0][1]["boxes"].tolist() == [_box(RECT_A)]
-    # with the default names the same folder is an error naming the missing folder
-    with pytest.raises(DatasetError, match=re.escape(str(root / "PNGImages"))):
+    # found automatically: imgs/ is a known images folder, ann/ no known masks folder: the error names the one looked for
+    with pytest.raises(DatasetError, match=re.escape(str(root / "PedMasks"))):
         MaskFolderDataset(root)
     # with the right folders but the default suffix, the image has no mask
     with pytest.raises(DatasetError, match="q.png: no mask"):

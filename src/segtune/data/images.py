@@ -49,8 +49,18 @@ def _open_path(path: Path) -> Image.Image:
 def orientation(img: Image.Image) -> int:
     """The EXIF orientation of an opened image (1 = upright, also when it has none or it cannot be read)."""
     try:
-        value = img.getexif().get(EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):  # a malformed EXIF block: show the pixels as stored
+        if img.format == "TIFF":
+            value = img.tag_v2.get(EXIF_ORIENTATION, 1)  # in the TIFF header itself
+        else:
+            # The EXIF block as read with the header (JPEG's APP1, a PNG eXIf chunk before the pixels);
+            # img.getexif() would decode a PNG's pixels to look behind them, which header reads must not.
+            raw = img.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError):  # malformed EXIF: the pixels as stored
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 

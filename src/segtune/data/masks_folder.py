@@ -1,7 +1,11 @@
 """Owns the instance-mask-folder data set: an images folder plus a masks folder (the Penn-Fudan layout).
 
 Each mask pixel holds an instance id (0 = background). A mask is found by name:
-``<masks_dir>/<image stem><mask_suffix>.<any image extension>``, never by sort order. Without a class
+``<masks_dir>/<image stem><mask_suffix>.<any image extension>``, never by sort order. The folders
+and the suffix are found when not given: the first of :data:`IMAGE_DIRS` holding images and of
+:data:`MASK_DIRS` holding image files, and the suffix of :data:`MASK_SUFFIXES` that pairs the most
+images with masks (Penn-Fudan: ``PNGImages``, ``PedMasks``, ``_mask``; many exports: ``images``,
+``masks``, no suffix). Without a class
 map every instance is class 1; a class map (YAML/JSON: ``classes`` and ``values``, a mask value or
 colour per class) or a per-image sidecar ``<mask stem>.json`` (``{"<value>": "<class>"}``) gives
 multi-class mask folders.
@@ -24,8 +28,45 @@ from segtune.data.images import IMAGE_EXTENSIONS, load_instance_mask
 from segtune.errors import DatasetError
 
 
+#: Image folder names looked for, in order, when ``images_dir`` is ``auto``.
+IMAGE_DIRS = ("PNGImages", "images", "imgs", "img", "JPEGImages")
+#: Mask folder names looked for, in order, when ``masks_dir`` is ``auto``.
+MASK_DIRS = ("PedMasks", "masks", "labels", "annotations", "instances", "SegmentationObject")
+#: Mask name suffixes tried when ``mask_suffix`` is ``auto`` (the one pairing most images wins; ties: this order).
+MASK_SUFFIXES = ("_mask", "", "_label", "_instances", "_masks", "-mask")
+#: The class of every instance when there is no class map and no ``classes``: Penn-Fudan's for its layout.
+DEFAULT_CLASS = {"PedMasks": "pedestrian"}
+OBJECT = "object"
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.iterdir() if p.is_file())
+
+
+def find_layout(root: Path, images_dir: str = "auto", masks_dir: str = "auto") -> tuple[str, str] | None:
+    """The ``(images_dir, masks_dir)`` of a mask folder at ``root`` (given ones kept), or None if it is none."""
+    images = [images_dir] if images_dir != "auto" else [d for d in IMAGE_DIRS if _has_images(root / d)]
+    masks = [masks_dir] if masks_dir != "auto" else [d for d in MASK_DIRS if _has_images(root / d)]
+    images = [d for d in images if (root / d).is_dir()]
+    masks = [d for d in masks if (root / d).is_dir() and d not in images]
+    return (images[0], masks[0]) if images and masks else None
+
+
+def _named_or_default(root: Path, given: str, names: tuple[str, ...]) -> str:
+    """A given folder name, else the first of ``names`` that exists, else the first (Penn-Fudan's: named in errors)."""
+    if given != "auto":
+        return given
+    return next((d for d in names if (root / d).is_dir()), names[0])
+
+
+def choose_suffix(image_stems: list[str], mask_stems: set[str]) -> str:
+    """The suffix of :data:`MASK_SUFFIXES` that pairs the most images with a mask."""
+    return max(MASK_SUFFIXES, key=lambda suffix: (sum(stem + suffix in mask_stems for stem in image_stems),
+                                                  -MASK_SUFFIXES.index(suffix)))
 
 
 def parse_value(key: Any, where: str) -> int:
@@ -87,7 +128,7 @@ class MaskFolderDataset(DetectionDataset):
 
     @classmethod
     def detect(cls, path: Path, data_cfg: Any) -> bool:
-        return path.is_dir() and (path / data_cfg.images_dir).is_dir() and (path / data_cfg.masks_dir).is_dir()
+        return path.is_dir() and find_layout(path, data_cfg.images_dir, data_cfg.masks_dir) is not None
 
     @classmethod
     def from_config(cls, data_cfg: Any, path: Path) -> dict[str, Any]:
@@ -98,10 +139,10 @@ class MaskFolderDataset(DetectionDataset):
         self,
         root: str | os.PathLike,
         *,
-        images_dir: str = "PNGImages",
-        masks_dir: str = "PedMasks",
-        mask_suffix: str = "_mask",
-        classes: Sequence[str] = ("pedestrian",),
+        images_dir: str = "auto",
+        masks_dir: str = "auto",
+        mask_suffix: str = "auto",
+        classes: Sequence[str] | None = None,
         class_map: str | os.PathLike | None = None,
         transforms: Callable[[Any, dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None,
         files: list[str] | None = None,
@@ -110,16 +151,18 @@ class MaskFolderDataset(DetectionDataset):
     ) -> None:
         super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: data folder does not exist")
+        # Folders that do not pair up are named in the checks below (the first looked-for name by default).
+        images_dir, masks_dir = find_layout(self.root, images_dir, masks_dir) or (
+            _named_or_default(self.root, images_dir, IMAGE_DIRS), _named_or_default(self.root, masks_dir, MASK_DIRS))
         self.images_root = self.root / images_dir
         self.masks_root = self.root / masks_dir
-        self.mask_suffix = mask_suffix
-        self.classes = list(classes)
+        self.classes = list(classes) if classes else [DEFAULT_CLASS.get(masks_dir, OBJECT)]
         self.values: dict[int, str] = {}
         self.class_map = Path(class_map) if class_map else None
         if self.class_map is not None:
             self.classes, self.values = load_class_map(self.class_map)
-        if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data folder does not exist")
         for folder, what in ((self.images_root, "images"), (self.masks_root, "masks")):
             if not folder.is_dir():
                 raise DatasetError(
@@ -127,6 +170,9 @@ class MaskFolderDataset(DetectionDataset):
                     f"the folder holds: {', '.join(sorted(p.name for p in self.root.iterdir())) or 'nothing'})"
                 )
         images = _list_images(self.images_root)
+        if mask_suffix == "auto":
+            mask_suffix = choose_suffix([p.stem for p in images], {p.stem for p in _list_images(self.masks_root)})
+        self.mask_suffix = mask_suffix
         masks_by_stem: dict[str, Path] = {}
         for p in _list_images(self.masks_root):
             if p.stem in masks_by_stem:
