@@ -56,6 +56,8 @@ class DataConfig:
     test_size: float = _opt(0.2, "test split when the data set has none of its own: a count of images, or a "
                             "fraction if below 1 (default: a fifth of the images, at most --test-max)")
     test_max: int | None = _opt(500, "most test images a fractional --test-size gives (none: no cap)")
+    split: str = _opt("auto", "train/test split: auto (the data set's own, e.g. a YOLO YAML's train/val or "
+                      "Roboflow's split folders, else random) | random (always draw one)", choices=["auto", "random"])
     split_seed: int = _opt(0, "seed of the random train/test split")
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
 

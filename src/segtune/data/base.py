@@ -127,6 +127,12 @@ class DetectionDataset(torch.utils.data.Dataset):
     has_masks: bool = True
     keypoint_names: list[str] | None = None
     skeleton: list[list[int]] | None = None
+    #: The data set's own split, when it has one (a YOLO YAML's ``train``/``val``, Roboflow's split
+    #: folders): ``{"train": [...], "test": [...]}`` (``test`` is what is evaluated every epoch; a
+    #: ``holdout`` list, the data set's test split beside its validation split, is used for neither),
+    #: and ``given_split_source`` says where it comes from. None: segtune draws a random split.
+    given_split: dict[str, list[str]] | None = None
+    given_split_source: str = ""
 
     @classmethod
     def detect(cls, path: Path, data_cfg: Any) -> bool:

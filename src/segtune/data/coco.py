@@ -24,7 +24,7 @@ from faster_coco_eval.core import mask as mask_utils
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink
 from segtune.data.boxes import box_areas, mask_areas, mask_boxes
-from segtune.data.coco_json import has_top_level_keys
+from segtune.data.coco_json import has_top_level_keys, merge_split_files, split_files
 from segtune.data.coco_json import read_json as _read_json
 from segtune.errors import DatasetError
 
@@ -104,6 +104,8 @@ class CocoDataset(DetectionDataset):
 
     @classmethod
     def detect(cls, path: Path, data_cfg: Any) -> bool:
+        if path.is_dir():
+            return split_files(path) is not None  # a split export: train/ valid/ test/, a COCO file in each
         return path.is_file() and path.suffix.lower() == ".json" and has_top_level_keys(path, ("images", "annotations"))
 
     @classmethod
@@ -122,7 +124,16 @@ class CocoDataset(DetectionDataset):
     ) -> None:
         super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
         self.annotation_file = Path(annotation_file)
-        data = _read_json(self.annotation_file)
+        roles = None
+        if self.annotation_file.is_dir():  # a split export: one COCO file per split sub-folder
+            split_jsons = split_files(self.annotation_file)
+            if split_jsons is None:
+                raise DatasetError(f"{self.annotation_file}: a folder, but not a COCO split export (train/ and "
+                                   "valid/ or test/, each with one COCO JSON); pass the annotation file itself")
+            data, roles = merge_split_files(split_jsons)
+            image_root = self.annotation_file if image_root is None else image_root
+        else:
+            data = _read_json(self.annotation_file)
         used = {_key(a.get("category_id")) for a in data["annotations"] if isinstance(a, dict)}
         self._read_categories(data["categories"], used)
         images = self._read_images(data["images"])
@@ -143,6 +154,19 @@ class CocoDataset(DetectionDataset):
             raise DatasetError(f"{self.annotation_file}: none of its {len(images)} images exist under {self.root}")
         self._images = {image.file_name: image for image in images.values() if image.id not in gone}
         self._set_images({name: self.root / name for name in self._images}, files)
+        if roles is not None:
+            self._given_split(roles)
+
+    def _given_split(self, roles: dict[str, list[str]]) -> None:
+        """A split export's own split: ``valid`` (else ``test``) is evaluated; with both, ``test`` is held out."""
+        keep = set(self.all_files)
+        evaluated = "val" if roles.get("val") else "test"
+        split = {"train": roles.get("train", []), "test": roles.get(evaluated, [])}
+        if evaluated == "val" and roles.get("test"):
+            split["holdout"] = roles["test"]
+        self.given_split = {k: sorted(n for n in v if n in keep) for k, v in split.items()}
+        self.given_split_source = f"split folders: train / {'valid' if evaluated == 'val' else 'test'}" + (
+            " (test held out)" if "holdout" in split else "")
 
     # --- reading the JSON -----------------------------------------------------------------------
 

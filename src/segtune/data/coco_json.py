@@ -92,3 +92,58 @@ def xyxy_to_xywh(boxes: torch.Tensor) -> list[list[float]]:
     """``float[N, 4]`` XYXY boxes as COCO's ``[x, y, width, height]`` lists."""
     b = boxes.to(torch.float64).cpu()
     return torch.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], dim=1).tolist()
+
+
+#: Sub-folder names of a split export (Roboflow's COCO export: train/ valid/ test/, each with its JSON),
+#: by the role each plays: trained on, evaluated every epoch, held out.
+SPLIT_FOLDERS = {"train": ("train",), "val": ("valid", "val", "validation"), "test": ("test",)}
+
+
+def split_files(folder: Path) -> dict[str, Path] | None:
+    """``{"train": json, "val": json, "test": json}`` of a folder of split sub-folders that each hold one
+    COCO file (Roboflow's ``_annotations.coco.json``); None when ``folder`` is not laid out so."""
+    found: dict[str, Path] = {}
+    for role, names in SPLIT_FOLDERS.items():
+        for name in names:
+            jsons = sorted(p for p in (folder / name).glob("*.json") if has_top_level_keys(p, ("images", "annotations"))) \
+                if (folder / name).is_dir() else []
+            if len(jsons) == 1:
+                found[role] = jsons[0]
+                break
+    return found if "train" in found and len(found) > 1 else None
+
+
+def merge_split_files(files: dict[str, Path]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """One COCO dict of a split export's files, and the file names of each role.
+
+    ``file_name`` values get their sub-folder in front (``valid/img.jpg``: the merged set's root is the
+    export folder) and image and annotation ids are renumbered so the files' own ids cannot collide.
+    The files must list the same categories (exporters write them into every file).
+
+    Raises:
+        DatasetError: a file is unreadable, or the files disagree on the categories.
+    """
+    merged: dict[str, Any] = {"images": [], "annotations": [], "categories": None}
+    roles: dict[str, list[str]] = {}
+    for role, path in files.items():
+        data = read_json(path)
+        cats = sorted((c.get("id"), c.get("name")) for c in data["categories"] if isinstance(c, dict))
+        if merged["categories"] is None:
+            merged["categories"], first, first_cats = data["categories"], path, cats
+        elif cats != first_cats:
+            raise DatasetError(f"{path}: its categories differ from those of {first}; the splits of one data set "
+                               "must name the same classes with the same ids")
+        prefix = path.parent.name
+        new_id: dict[Any, int] = {}
+        for image in data["images"]:
+            if not isinstance(image, dict):
+                continue
+            new_id[image.get("id")] = len(merged["images"]) + 1
+            name = f"{prefix}/{image.get('file_name')}"
+            merged["images"].append({**image, "id": new_id[image.get("id")], "file_name": name})
+            roles.setdefault(role, []).append(name)
+        for ann in data["annotations"]:
+            if isinstance(ann, dict) and ann.get("image_id") in new_id:
+                merged["annotations"].append({**ann, "id": len(merged["annotations"]) + 1,
+                                              "image_id": new_id[ann["image_id"]]})
+    return merged, roles

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 from segtune.errors import DatasetError
 from segtune.fileio import write_json
@@ -38,6 +39,18 @@ def make_split(files: list[str], test_size: float, seed: int, max_test: int | No
     order = sorted(files)
     random.Random(seed).shuffle(order)
     return {"train": sorted(order[count:]), "test": sorted(order[:count])}
+
+
+def choose_split(dataset: Any, data_cfg: Any) -> dict[str, Any]:
+    """The split a run uses: the data set's own (``given_split``) unless ``data.split`` is ``random``,
+    else a seeded random one (:func:`make_split`); ``source`` says which and why (also in ``split.json``)."""
+    given = getattr(dataset, "given_split", None)
+    if given and data_cfg.split == "auto":
+        return {**given, "source": f"the data set's own ({dataset.given_split_source})"}
+    split: dict[str, Any] = make_split(dataset.all_files, data_cfg.test_size, data_cfg.split_seed, data_cfg.test_max)
+    why = "--split random" if given else "the data set has no split of its own"
+    split["source"] = f"random, seed {data_cfg.split_seed} ({why})"
+    return split
 
 
 def warn_if_small(split: dict[str, list[str]], instance_counts: dict[str, int]) -> str | None:

@@ -11,7 +11,11 @@ by the image width and height:
 
 Polygons are rasterised with COCO's convention (see :mod:`segtune.data.polygons`). Class names come
 from the data YAML's ``names`` (a list, or an ``{index: name}`` mapping). All images under the YAML's
-``train``, ``val`` and ``test`` entries together form the data set: segtune makes its own split.
+``train``, ``val`` and ``test`` entries together form the data set, and those entries are its own split
+(:attr:`~segtune.data.base.DetectionDataset.given_split`): ``val`` is evaluated (``test`` when there is
+no ``val``; with both, the ``test`` images are held out). A folder holding a data YAML and no
+``images/`` (Roboflow's export: ``train/images``, ``valid/images``, ``test/images``) is read through its
+YAML; Roboflow's ``../train/images`` entries are found beside the YAML too.
 """
 
 from __future__ import annotations
@@ -25,17 +29,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink, relative_name
 from segtune.data.images import IMAGE_EXTENSIONS
 from segtune.data.polygons import polygons_to_mask, rectangle_polygon
+from segtune.data.yolo_yaml import SPLIT_KEYS, class_names, find_names_file, has_names, read_yaml, split_yaml
 from segtune.errors import DatasetError
 
-#: The entries of a data YAML that list images; all of them are read.
-SPLIT_KEYS = ("train", "val", "test")
-#: Files looked at, in order, for class names when the data path is a folder.
-NAME_FILES = ("data.yaml", "dataset.yaml")
 #: How far a normalised coordinate may stray outside [0, 1] (rounding in converters) before a warning.
 TOLERANCE = 1e-3
 
@@ -60,64 +60,6 @@ def label_path(image: Path) -> Path:
             parts[i] = "labels"
             break
     return Path(*parts).with_suffix(".txt")
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DatasetError(f"{path}: cannot read the data YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise DatasetError(f"{path}: a data YAML is a mapping with 'names' and 'train'/'val' entries")
-    return data
-
-
-def _has_names(path: Path) -> bool:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return False
-    return isinstance(data, dict) and "names" in data
-
-
-def class_names(data: dict[str, Any], path: Path) -> list[str]:
-    """The class names of a data YAML: ``names`` as a list, or an ``{index: name}`` mapping of 0..n-1."""
-    names = data.get("names")
-    if isinstance(names, list) and names:
-        result = [str(n) for n in names]
-    elif isinstance(names, dict) and names:
-        try:
-            by_index = {int(k): str(v) for k, v in names.items()}
-        except (TypeError, ValueError):
-            raise DatasetError(f"{path}: 'names' keys must be class indices 0, 1, ...; got {sorted(map(str, names))}")
-        if sorted(by_index) != list(range(len(by_index))):
-            raise DatasetError(f"{path}: 'names' indices must be 0..{len(by_index) - 1} without gaps; "
-                               f"got {sorted(by_index)}")
-        result = [by_index[i] for i in range(len(by_index))]
-    else:
-        raise DatasetError(f"{path}: 'names' must list the class names (a list, or a mapping {{0: name, ...}}); "
-                           f"got {names!r}")
-    nc = data.get("nc")
-    if nc is not None and nc != len(result):
-        raise DatasetError(f"{path}: 'nc' is {nc} but 'names' has {len(result)} classes")
-    return result
-
-
-def _find_names_file(folder: Path) -> Path:
-    """The file that names the classes of a YOLO folder: data.yaml, dataset.yaml, *.yaml with names, classes.txt."""
-    candidates = [folder / n for n in NAME_FILES]
-    candidates += sorted(p for p in folder.iterdir() if p.suffix.lower() in (".yaml", ".yml") and p not in candidates)
-    for path in candidates:
-        if path.is_file() and _has_names(path):
-            return path
-    # Label Studio's and LabelImg's YOLO exports name the classes in classes.txt, one per line.
-    if (folder / "classes.txt").is_file():
-        return folder / "classes.txt"
-    raise DatasetError(
-        f"{folder}: no class names found; looked for {', '.join(NAME_FILES)}, any *.yaml with 'names', "
-        "and classes.txt (one name per line). Add a data.yaml with 'names: [cat, dog, ...]' "
-        "or pass the data YAML itself as --data"
-    )
 
 
 def _list_images(folder: Path) -> list[Path]:
@@ -150,7 +92,9 @@ class YoloDataset(DetectionDataset):
     @classmethod
     def detect(cls, path: Path, data_cfg: Any) -> bool:
         if path.is_file():
-            return path.suffix.lower() in (".yaml", ".yml") and _has_names(path)
+            return path.suffix.lower() in (".yaml", ".yml") and has_names(path)
+        if path.is_dir() and not (path / "images").is_dir() and split_yaml(path) is not None:
+            return True
         if not (path.is_dir() and (path / "images").is_dir() and (path / "labels").is_dir()):
             return False
         # A mask folder laid out as images/ + labels/ holds mask images there, not label text files.
@@ -170,30 +114,41 @@ class YoloDataset(DetectionDataset):
         path = Path(path)
         if not path.exists():
             raise DatasetError(f"{path}: data path does not exist")
+        if path.is_dir() and not (path / "images").is_dir() and split_yaml(path) is not None:
+            path = split_yaml(path)  # a split export (Roboflow): read through its data YAML
         if path.is_file():
-            data = _read_yaml(path)
+            data = read_yaml(path)
             self.names_file = path
             self.classes = class_names(data, path)
-            self.root, sources = self._sources_from_yaml(path, data)
+            self.root, by_key = self._sources_from_yaml(path, data)
+            sources = [source for found in by_key.values() for source in found]
         else:
             self.root = path
             if not (path / "images").is_dir():
                 raise DatasetError(f"{path / 'images'}: images folder not found (a YOLO data set holds images/ "
                                    "and labels/, or pass its data YAML as --data)")
-            self.names_file = _find_names_file(path)
+            self.names_file = find_names_file(path)
             if self.names_file.suffix == ".txt":
                 self.classes = self._read_classes_txt(self.names_file)
             else:
-                self.classes = class_names(_read_yaml(self.names_file), self.names_file)
+                self.classes = class_names(read_yaml(self.names_file), self.names_file)
             sources = [path / "images"]
+            by_key = {"train": sources}
 
-        images = self._collect_images(sources)
+        per_key = {key: self._collect_images(found) for key, found in by_key.items()}
+        images = [image for listed in per_key.values() for image in listed]
+        key_of: dict[Path, str] = {}  # which entry listed each image (the first, where entries overlap)
+        for key, listed in per_key.items():
+            for image in listed:
+                key_of.setdefault(image, key)
         by_label: dict[Path, Path] = {}
         paths: dict[str, Path] = {}
+        roles: dict[str, list[str]] = {}
         for image in images:
             name = relative_name(image, self.root)
             if name in paths:  # listed twice (train and val overlap): one image, once
                 continue
+            roles.setdefault(key_of.get(image, "train"), []).append(name)
             label = label_path(image)
             if label in by_label:
                 self.problem("duplicate-name", image,
@@ -216,16 +171,30 @@ class YoloDataset(DetectionDataset):
             self.problem("no-labels", self.root, f"none of the {len(paths)} images has a label file (for "
                          f"{first} it would be {label_path(first)}); all train as negatives", WARNING)
         self._set_images(paths, files)
+        self._given_split(roles, path)
+
+    def _given_split(self, roles: dict[str, list[str]], path: Path) -> None:
+        """The YAML's own split: ``val`` (else ``test``) is evaluated, ``train`` trains, the rest is held out."""
+        evaluated = "val" if roles.get("val") else "test" if roles.get("test") else None
+        if evaluated is None or not roles.get("train"):
+            return
+        keep = set(self.all_files)  # images left out for defects are in no split
+        self.given_split = {"train": sorted(n for n in roles["train"] if n in keep),
+                            "test": sorted(n for n in roles[evaluated] if n in keep)}
+        held = [n for key, names in roles.items() if key not in ("train", evaluated) for n in names if n in keep]
+        if held:
+            self.given_split["holdout"] = sorted(held)
+        self.given_split_source = f"{path.name}: train / {evaluated}" + (" (test held out)" if held else "")
 
     # --- listing ----------------------------------------------------------------------------------
 
-    def _sources_from_yaml(self, yaml_path: Path, data: dict[str, Any]) -> tuple[Path, list[Path]]:
+    def _sources_from_yaml(self, yaml_path: Path, data: dict[str, Any]) -> tuple[Path, dict[str, list[Path]]]:
         """The data root and the image folders / image-list files named by ``train``, ``val`` and ``test``."""
         here = yaml_path.parent
         given = data.get("path")
         # Normalised, so that one image reached through different spellings ('a/../b') is one image.
         root = Path(os.path.normpath(here if not given else here / str(given)))
-        sources: list[Path] = []
+        sources: dict[str, list[Path]] = {}
         for key in SPLIT_KEYS:
             entries = data.get(key)
             if entries is None or entries == "":
@@ -234,11 +203,13 @@ class YoloDataset(DetectionDataset):
                 if not isinstance(entry, str) or not entry:
                     raise DatasetError(f"{yaml_path}: '{key}' entries are folder or .txt paths; got {entry!r}")
                 tries = [Path(os.path.normpath(base / entry)) for base in (root, here)]
+                # Roboflow writes "../train/images" for folders that sit beside its data.yaml.
+                tries.append(here / Path(*[p for p in Path(entry).parts if p not in ("..", ".")]))
                 found = next((t for t in tries if t.exists()), None)
                 if found is None:
                     raise DatasetError(f"{yaml_path}: {key} '{entry}' not found (looked for "
                                        f"{' and '.join(str(t) for t in dict.fromkeys(tries))})")
-                sources.append(found)
+                sources.setdefault(key, []).append(found)
         if not sources:
             raise DatasetError(f"{yaml_path}: no images listed; expected 'train:' and/or 'val:' (and 'test:') "
                                "naming image folders")

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from segtune.config import Config
+from segtune.data.split import warn_if_small
 from segtune.engine.run import SPLIT_FILE
 from segtune.runtime import format_seconds, is_terminal, peak_memory_mb
 
@@ -138,7 +139,10 @@ def log_run_start(trainer: Any, resumed: str | None) -> None:
     log_setting_notes(cfg, trainer.device)
     if trainer.dist.world_size > 1:
         logger.info("distributed: %d processes (%s)", trainer.dist.world_size, trainer.dist.backend)
-    logger.info("split: %d train / %d test images (seed %d, saved in %s)", len(trainer.train_ds), len(trainer.test_ds),
-                cfg.data.split_seed, trainer.run_dir / SPLIT_FILE)
+    source = trainer.split.get("source") or f"random, seed {cfg.data.split_seed}"  # older runs say nothing
+    logger.info("split: %d train / %d test images: %s; saved in %s", len(trainer.train_ds), len(trainer.test_ds),
+                source, trainer.run_dir / SPLIT_FILE)
+    if not resumed:
+        warn_if_small(trainer.split, trainer.report.instance_counts)
     logger.info("schedule: %d epochs x %d iterations, batch %d%s", trainer.run.epochs, trainer.iters,
                 cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "")

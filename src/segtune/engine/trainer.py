@@ -20,10 +20,10 @@ from torch import nn
 
 from segtune.checkpoint import RunState, keypoint_info, run_state_of
 from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import (DetectionDataset, build_collate, check_opened, make_split, open_and_check, prepare,
+from segtune.data import (DetectionDataset, build_collate, check_opened, open_and_check, prepare,
                           raise_on_errors, save_split)
 from segtune.data.build import build_loader, build_loader_from_batches
-from segtune.data.split import warn_if_small
+from segtune.data.split import choose_split
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch
@@ -128,12 +128,7 @@ class Trainer:
             raise ConfigError(f"{full.root}: the data set has no keypoints, but {cfg.model.name} needs them (a COCO "
                               f"person-keypoints file: 'keypoints' in its categories and annotations)")
         self.keypoints = keypoints if spec.has_keypoints else {}
-        if resume:
-            self.split = resume["split"]
-        else:
-            self.split = make_split(full.all_files, cfg.data.test_size, cfg.data.split_seed, cfg.data.test_max)
-            if self.main:
-                warn_if_small(self.split, self.report.instance_counts)
+        self.split = resume["split"] if resume else choose_split(full, cfg.data)
 
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         model = self._given_model
