@@ -38,8 +38,8 @@ class DataConfig:
     path: str | None = _opt(
         None, f"data set folder (default: $SEGTUNE_DATA, else {DEFAULT_DATA_PATH})", flag="--data"
     )
-    format: str = _opt("auto", "data format: auto (detect) | masks | coco | yolo | labelme",
-                       choices=["auto", "masks", "coco", "yolo", "labelme"])
+    format: str = _opt("auto", "data format: auto (detect) | masks | coco | yolo | labelme | instance-pngs (one "
+                       "binary PNG per instance)", choices=["auto", "masks", "coco", "yolo", "labelme", "instance-pngs"])
     images_dir: str = _opt("auto", "mask folders: folder of images inside the data set (auto: PNGImages, images, "
                            "imgs, img or JPEGImages)")
     masks_dir: str = _opt("auto", "mask folders: folder of instance masks inside the data set (auto: PedMasks, masks, "

@@ -7,6 +7,7 @@ from segtune.data.coco import CocoDataset
 from segtune.data.collate import CopyPaste, build_collate, collate
 from segtune.data.convert import convert_to_coco, to_coco
 from segtune.data.labelme import LabelmeDataset
+from segtune.data.instance_pngs import InstancePngDataset
 from segtune.data.masks_folder import MaskFolderDataset
 from segtune.data.samplers import GroupedBatchSampler, make_batch_sampler
 from segtune.data.show import save_grid
@@ -16,7 +17,7 @@ from segtune.data.yolo import YoloDataset
 
 __all__ = [
     "FORMATS", "CheckReport", "CocoDataset", "CopyPaste", "DetectionDataset", "GroupedBatchSampler", "Instances",
-    "LabelmeDataset", "MaskFolderDataset", "Problem", "ProblemSink", "YoloDataset", "build_collate", "build_dataset",
+    "InstancePngDataset", "LabelmeDataset", "MaskFolderDataset", "Problem", "ProblemSink", "YoloDataset", "build_collate", "build_dataset",
     "build_loader", "build_transforms", "check_dataset", "check_opened", "collate", "convert_to_coco", "detect_format",
     "load_split", "make_batch_sampler", "make_split", "open_and_check", "open_dataset", "prepare", "raise_on_errors", "save_grid", "save_split",
     "to_coco",

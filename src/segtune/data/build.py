@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from segtune.config import resolve_data_path
 
 # Importing each reader registers it in FORMATS (the decorator runs at import).
-from segtune.data import coco, labelme, masks_folder, yolo  # noqa: F401
+from segtune.data import coco, instance_pngs, labelme, masks_folder, yolo  # noqa: F401
 from segtune.data.base import FORMATS, DetectionDataset, ProblemSink
 from segtune.data.collate import collate
 from segtune.data.samplers import RepeatSampler, make_batch_sampler
@@ -20,7 +20,7 @@ from segtune.data.transforms import build_transforms, scaled_sizes
 from segtune.errors import ConfigError, DatasetError
 
 #: The order formats are tried in when ``format`` is ``auto`` (most specific first).
-DETECT_ORDER = ("coco", "yolo", "labelme", "masks")
+DETECT_ORDER = ("coco", "yolo", "labelme", "instance-pngs", "masks")
 
 
 def detect_format(path: str | Path, data_cfg: Any) -> str:
