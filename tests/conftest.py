@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+# The data checks of test data sets are remembered here, not in the user's ~/.cache (subprocesses inherit it).
+os.environ["SEGTUNE_CACHE_DIR"] = tempfile.mkdtemp(prefix="segtune-test-cache-")
 
 PENNFUDAN = Path(os.environ.get("SEGTUNE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "PennFudanPed"))
 

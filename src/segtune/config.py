@@ -59,6 +59,8 @@ class DataConfig:
     split: str = _opt("auto", "train/test split: auto (the data set's own, e.g. a YOLO YAML's train/val or "
                       "Roboflow's split folders, else random) | random (always draw one)", choices=["auto", "random"])
     split_seed: int = _opt(0, "seed of the random train/test split")
+    check_cache: bool = _opt(True, "reuse the data check of a data set whose files are unchanged (kept in "
+                             "$SEGTUNE_CACHE_DIR, default ~/.cache/segtune)")
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
 
 

@@ -281,6 +281,11 @@ class DetectionDataset(torch.utils.data.Dataset):
         """The file to name in a per-image problem (a mask, a label file, or the image)."""
         return str(self.image_path(index))
 
+    def source_files(self, index: int) -> list[Path]:
+        """Every file image ``index`` and its annotation are read from (what the data check's cache
+        watches); formats with more than one override this."""
+        return [self.image_path(index), Path(self._annotation_source(index))]
+
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
         array, target = self.load(index)
         image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())

@@ -9,16 +9,21 @@ them, decodes every image, and adds the checks that need the whole picture (coun
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from segtune.config import resolve_data_path
 from segtune.data.base import ERROR, WARNING, DetectionDataset, Problem, ProblemSink
 from segtune.data.build import open_dataset
+from segtune.data.check_cache import cache_dir, fingerprint, load_report, save_report
 from segtune.errors import DatasetError
 from segtune.runtime import track
 
@@ -197,46 +202,139 @@ def check_opened(dataset: DetectionDataset, data_cfg: Any, *, progress: bool = T
     """
     sink = dataset.sink if dataset.sink.collect else ProblemSink(collect=True)
     dataset.sink = sink
-    # Name the data set as the user gave it (a COCO file, not the image folder it points to).
-    report = CheckReport(path=str(resolve_data_path(data_cfg.path)), format=dataset.format, classes=list(dataset.classes),
+    path = str(resolve_data_path(data_cfg.path))  # the data set as the user gave it (a COCO file, not its images)
+    key = fingerprint(dataset, data_cfg) if getattr(data_cfg, "check_cache", False) else None
+    cached = load_report(key, CheckReport) if key else None
+    if cached is not None:
+        logger.info("data check: %s is unchanged since its last check; that report is used (%s; --check-cache "
+                    "false checks again)", path, cache_dir())
+        cached.path = path
+        dataset.sink = ProblemSink()
+        return cached
+    report = CheckReport(path=path, format=dataset.format, classes=list(dataset.classes),
                          min_box_size=float(data_cfg.min_box_size))
-    _scan(dataset, report, progress=progress)
-    # The reader's problems (construction and per image) first, in the order found, then the scan's own.
-    report.problems = sink.problems + report.problems
+    per_image = _scan(dataset, report, progress=progress)
+    # The reader's problems (construction, then per image) first, in the order found, then the scan's own.
+    report.problems = sink.problems + per_image + report.problems
+    if key:
+        save_report(key, report)
     dataset.sink = ProblemSink()
     return report
 
 
-def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> None:
+#: Images one worker checks at a time; the chunks' results are merged in order, so the report is the
+#: same whatever the number of workers.
+_CHUNK = 256
+#: Below this many images the check runs in this process (starting workers would cost more than it saves).
+_PARALLEL_FROM = 1000
+
+
+@dataclass
+class _Part:
+    """What one chunk of images contributes to the report."""
+
+    report: CheckReport
+    labels: Counter[int] = field(default_factory=Counter)
+    per_image: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    reader_problems: list[Problem] = field(default_factory=list)
+
+
+def _scan_chunk(dataset: DetectionDataset, indices: range, min_box_size: float) -> _Part:
+    # A view with a sink of its own: the reader's per-image problems of this chunk stay together.
+    view = dataset.view(dataset.files, sink=ProblemSink(collect=True))
+    part = _Part(CheckReport(path="", format="", classes=[], min_box_size=min_box_size))
+    report = part.report
+    for i in indices:
+        try:
+            image, target = view.load(i)
+        except DatasetError as e:
+            message = str(e)
+            path, rest = _split_message(message, (view._annotation_source(i), str(view.image_path(i))))
+            report.problems.append(Problem(ERROR, _kind_of(rest), path or str(view.image_path(i)), rest))
+            report.unreadable += 1
+            continue
+        part.heights.append(image.shape[0])
+        part.widths.append(image.shape[1])
+        count = len(target["labels"])
+        crowd = int(target["iscrowd"].sum())
+        part.per_image.append(count)
+        report.instances += count
+        report.crowd += crowd
+        report.instance_counts[view.files[i]] = count - crowd
+        part.labels.update(int(v) for v in target["labels"])
+        if count == 0:
+            report.empty_images.append(view.files[i])
+        _check_box_sizes(view, i, target, report)
+    part.reader_problems = view.sink.problems
+    return part
+
+
+def scan_workers() -> int:
+    """Processes the data doctor reads images with (one per CPU core, at most 8)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+#: The data set the forked scan workers read (inherited, never pickled: a large COCO set stays shared).
+_SHARED: DetectionDataset | None = None
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)  # the workers split the images; one thread each keeps them off each other's cores
+
+
+def _scan_shared(job: tuple[range, float]) -> _Part:
+    assert _SHARED is not None
+    return _scan_chunk(_SHARED, *job)
+
+
+def _scan_parts(dataset: DetectionDataset, chunks: list[range], min_box_size: float) -> Iterator[_Part]:
+    """Each chunk's part, in chunk order: in forked worker processes when there are cores and images to
+    spare (decoding and building targets is Python and small tensor ops: threads would wait on the GIL)."""
+    global _SHARED
+    workers = min(scan_workers(), len(chunks))
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from (_scan_chunk(dataset, chunk, min_box_size) for chunk in chunks)
+        return
+    _SHARED = dataset
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+            yield from pool.imap(_scan_shared, [(chunk, min_box_size) for chunk in chunks])
+    finally:
+        _SHARED = None
+
+
+def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> list[Problem]:
+    """Read every image and annotation, in parallel chunks; returns the reader's per-image problems, in order."""
     n = len(dataset)
     report.images = n
+    chunks = [range(start, min(n, start + _CHUNK)) for start in range(0, n, _CHUNK)]
+    parts: Iterable[_Part] = _scan_parts(dataset, chunks, report.min_box_size) if n >= _PARALLEL_FROM else \
+        (_scan_chunk(dataset, chunk, report.min_box_size) for chunk in chunks)
+    if progress and n >= _PROGRESS_FROM:
+        parts = track(parts, total=len(chunks), desc=f"checking {n} images ({_CHUNK} a chunk)",
+                      every=max(1, len(chunks) // 5))
+    parts = list(parts)
     labels: Counter[int] = Counter()
     per_image: list[int] = []
     heights: list[int] = []
     widths: list[int] = []
-    indices: Iterable[int] = range(n)
-    if progress and n >= _PROGRESS_FROM:
-        indices = track(indices, total=n, desc="checking images", every=max(50, n // 5))
-    for i in indices:
-        try:
-            image, target = dataset.load(i)
-        except DatasetError as e:
-            message = str(e)
-            path, rest = _split_message(message, (dataset._annotation_source(i), str(dataset.image_path(i))))
-            report.problems.append(Problem(ERROR, _kind_of(rest), path or str(dataset.image_path(i)), rest))
-            report.unreadable += 1
-            continue
-        heights.append(image.shape[0])
-        widths.append(image.shape[1])
-        count = len(target["labels"])
-        per_image.append(count)
-        report.instances += count
-        report.crowd += int(target["iscrowd"].sum())
-        report.instance_counts[dataset.files[i]] = count - int(target["iscrowd"].sum())
-        labels.update(int(v) for v in target["labels"])
-        if count == 0:
-            report.empty_images.append(dataset.files[i])
-        _check_box_sizes(dataset, i, target, report)
+    reader_problems: list[Problem] = []
+    for part in parts:
+        got = part.report
+        report.instances += got.instances
+        report.crowd += got.crowd
+        report.unreadable += got.unreadable
+        report.small_boxes += got.small_boxes
+        report.empty_images += got.empty_images
+        report.instance_counts.update(got.instance_counts)
+        report.problems += got.problems
+        labels.update(part.labels)
+        per_image += part.per_image
+        heights += part.heights
+        widths += part.widths
+        reader_problems += part.reader_problems
     report.class_counts = {name: labels.get(k, 0) for k, name in enumerate(dataset.classes, 1)}
     outside = sorted(k for k in labels if not 1 <= k <= len(dataset.classes))
     if outside:  # a reader bug rather than a data defect, but the doctor should not hide it
@@ -246,6 +344,7 @@ def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> 
         report.instances_per_image = (min(per_image), statistics.median(per_image), max(per_image))
         report.height_range = (min(heights), max(heights))
         report.width_range = (min(widths), max(widths))
+    return reader_problems
 
 
 def _check_box_sizes(dataset: DetectionDataset, index: int, target: dict[str, Any], report: CheckReport) -> None:

@@ -72,7 +72,7 @@ def _default_image_root(annotation_file: Path, names: list[str]) -> Path:
     here, up = annotation_file.parent, annotation_file.parent.parent
     folders = list(dict.fromkeys([here, up, here / "images", up / "images"]))
     for folder in folders:
-        if any((folder / name).is_file() for name in names):
+        if any((folder / name).is_file() for name in names[:50]):  # a few tell (100,000 stats would not)
             return folder
     raise DatasetError(
         f"{annotation_file}: none of its {len(names)} images (first: '{names[0]}') were found under "
@@ -131,9 +131,11 @@ class CocoDataset(DetectionDataset):
                 raise DatasetError(f"{self.annotation_file}: a folder, but not a COCO split export (train/ and "
                                    "valid/ or test/, each with one COCO JSON); pass the annotation file itself")
             data, roles = merge_split_files(split_jsons)
+            self._json_files = list(split_jsons.values())
             image_root = self.annotation_file if image_root is None else image_root
         else:
             data = _read_json(self.annotation_file)
+            self._json_files = [self.annotation_file]
         used = {_key(a.get("category_id")) for a in data["annotations"] if isinstance(a, dict)}
         self._read_categories(data["categories"], used)
         images = self._read_images(data["images"])
@@ -156,6 +158,9 @@ class CocoDataset(DetectionDataset):
         self._set_images({name: self.root / name for name in self._images}, files)
         if roles is not None:
             self._given_split(roles)
+
+    def source_files(self, index: int) -> list[Path]:
+        return [self.image_path(index), *self._json_files]
 
     def _given_split(self, roles: dict[str, list[str]]) -> None:
         """A split export's own split: ``valid`` (else ``test``) is evaluated; with both, ``test`` is held out."""

@@ -139,6 +139,9 @@ class InstancePngDataset(DetectionDataset):
         masks = self.mask_paths(index)
         return str(masks[0].parent if masks else self.image_path(index))
 
+    def source_files(self, index: int) -> list[Path]:
+        return [self.image_path(index), *self.mask_paths(index)]
+
     def _instances(self, index: int, height: int, width: int) -> Instances:
         files = self.mask_paths(index)
         masks = torch.zeros((len(files), height, width), dtype=torch.uint8)

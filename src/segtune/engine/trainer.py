@@ -20,7 +20,7 @@ from torch import nn
 
 from segtune.checkpoint import RunState, keypoint_info, run_state_of
 from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import (DetectionDataset, build_collate, check_opened, open_and_check, prepare,
+from segtune.data import (DetectionDataset, ProblemSink, build_collate, check_opened, open_dataset, prepare,
                           raise_on_errors, save_split)
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.data.split import choose_split
@@ -102,10 +102,14 @@ class Trainer:
             resume = load_resume_state(find_resume_checkpoint(cfg.train.resume, cfg.train.out))
         # The data set is opened once: the data doctor checks it before anything is written, the
         # splits are views of it, and the ground truth comes from the test view.
-        if self._given_dataset is not None:
-            full, self.report = self._given_dataset, check_opened(self._given_dataset, data_cfg, progress=self.main)
-        else:
-            full, self.report = open_and_check(data_cfg, progress=self.main)
+        full = self._given_dataset
+        if full is None:
+            full = open_dataset(data_cfg, keep_crowd=True, sink=ProblemSink(collect=True))
+        # Rank 0 checks; under torch.distributed the other processes take its verdict.
+        self.report = check_opened(full, data_cfg, progress=self.main) if self.main else None
+        if self.dist.world_size > 1:
+            self.report = dist.broadcast_object(self.report)
+            full.sink = ProblemSink()
         raise_on_errors(self.report)
         if self.main:
             for problem in self.report.warnings[:10]:
