@@ -46,6 +46,7 @@ class RunState:
         category_ids: the data set's own id of each class (COCO category ids; 1..N otherwise).
         epochs: the epoch count the run goes to: ``train.epochs``, or the epochs fitted to the time limit.
         max_steps: the optimiser step where the schedule fitted to the time limit ends; None if not fitted.
+        val_path: the validation set the test split's names belong to (``--val-data``); None: ``data_path``.
     """
 
     data_path: str
@@ -54,6 +55,7 @@ class RunState:
     category_ids: list[int]
     epochs: int
     max_steps: int | None = None
+    val_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,10 +75,13 @@ def run_state_of(ckpt: dict[str, Any]) -> RunState:
                     epochs=int(epochs), max_steps=ckpt.get("max_steps"))
 
 
-def checkpoint_data(ckpt: dict[str, Any], data: str | None = None) -> DataConfig:
-    """The ``data`` settings that reopen a checkpoint's data set: its config's, at the path the run read
-    (or at ``data``, when the data set moved)."""
-    return dataclasses.replace(checkpoint_config(ckpt).data, path=data or run_state_of(ckpt).data_path)
+def checkpoint_data(ckpt: dict[str, Any], data: str | None = None, split: str = "train") -> DataConfig:
+    """The ``data`` settings that reopen the data set a checkpoint's ``split`` belongs to: its config's, at
+    the path the run read (the validation set's, for ``test`` with ``--val-data``), or at ``data`` when
+    that data set moved."""
+    state = run_state_of(ckpt)
+    path = state.val_path if split == "test" and state.val_path else state.data_path
+    return dataclasses.replace(checkpoint_config(ckpt).data, path=data or path)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

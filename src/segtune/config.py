@@ -38,6 +38,8 @@ class DataConfig:
     path: str | None = _opt(
         None, f"data set folder (default: $SEGTUNE_DATA, else {DEFAULT_DATA_PATH})", flag="--data"
     )
+    val_path: str | None = _opt(None, "a validation set of its own (any format, the same classes), evaluated every "
+                                "epoch while all of --data trains", flag="--val-data")
     format: str = _opt("auto", "data format: auto (detect) | masks | coco | yolo | labelme | instance-pngs (one "
                        "binary PNG per instance)", choices=["auto", "masks", "coco", "yolo", "labelme", "instance-pngs"])
     images_dir: str = _opt("auto", "mask folders: folder of images inside the data set (auto: PNGImages, images, "

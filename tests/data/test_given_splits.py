@@ -118,3 +118,34 @@ def test_random_split_when_asked_or_when_the_data_has_none(tmp_path: Path) -> No
     ds, _ = open_and_check(DataConfig(path=str(make_mask_folder(tmp_path / "masks", n=5))))
     split = choose_split(ds, DataConfig())
     assert len(split["test"]) == 1 and "no split of its own" in split["source"]  # a fifth of 5
+
+
+def test_a_validation_set_of_its_own_is_evaluated_and_found_again(tmp_path: Path, capsys) -> None:
+    from segtune.evaluation import evaluate_checkpoint
+    from segtune.predict import split_images
+
+    train_data = make_mask_folder(tmp_path / "train", n=4, seed=1)
+    val_data = make_mask_folder(tmp_path / "val", n=2, seed=2, empty=())
+    run = tmp_path / "run"
+    overrides = [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    assert main(["train", "--data", str(train_data), "--val-data", str(val_data), "--out", str(run), "--epochs", "1",
+                 "--max-iters-per-epoch", "1", "--tensorboard", "false", *overrides]) == 0
+    split = json.loads((run / "split.json").read_text())
+    assert len(split["train"]) == 4 and split["test"] == ["img000.png", "img001.png"]
+    assert f"--val-data {val_data}" in split["source"]
+    assert json.loads((run / "run.json").read_text())["val_path"] == str(val_data)
+    images = split_images(run, "test")
+    assert [p.parent.parent for p in images] == [val_data, val_data]  # the validation set's own files
+    assert evaluate_checkpoint(run, device="cpu").num_images == 2
+    # A validation set naming other classes is refused, before anything is written.
+    other = tmp_path / "other"
+    (other / "images").mkdir(parents=True)
+    (other / "masks").mkdir()
+    for name in ("a.png",):
+        Image.fromarray(np.zeros((H, W, 3), dtype=np.uint8)).save(other / "images" / name)
+        Image.fromarray(np.zeros((H, W), dtype=np.uint8)).save(other / "masks" / name)
+    capsys.readouterr()
+    assert main(["train", "--data", str(train_data), "--val-data", str(other), "--out", str(tmp_path / "r2"),
+                 *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "classes ['object'] are not the training set's ['pedestrian']" in err and not (tmp_path / "r2").exists()

@@ -136,6 +136,10 @@ def log_run_start(trainer: Any, resumed: str | None) -> None:
                     trainer.start_iteration, trainer.step)
     logger.info("data: %s (%s format): %d images, %d instances, classes %s", trainer.full.root, trainer.full.format,
                 trainer.report.images, trainer.report.instances, trainer.run.classes)
+    if trainer.data.val is not None:
+        val = trainer.data.val_report
+        logger.info("validation data: %s (%s format): %d images, %d instances", trainer.data.val.root,
+                    trainer.data.val.format, val.images, val.instances)
     log_setting_notes(cfg, trainer.device)
     if trainer.dist.world_size > 1:
         logger.info("distributed: %d processes (%s)", trainer.dist.world_size, trainer.dist.backend)
@@ -143,6 +147,6 @@ def log_run_start(trainer: Any, resumed: str | None) -> None:
     logger.info("split: %d train / %d test images: %s; saved in %s", len(trainer.train_ds), len(trainer.test_ds),
                 source, trainer.run_dir / SPLIT_FILE)
     if not resumed:
-        warn_if_small(trainer.split, trainer.report.instance_counts)
+        warn_if_small(trainer.split, trainer.data.test_instance_counts)
     logger.info("schedule: %d epochs x %d iterations, batch %d%s", trainer.run.epochs, trainer.iters,
                 cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "")

@@ -20,10 +20,8 @@ from torch import nn
 
 from segtune.checkpoint import RunState, keypoint_info, run_state_of
 from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import (DetectionDataset, ProblemSink, build_collate, check_opened, open_dataset, prepare,
-                          raise_on_errors, save_split)
+from segtune.data import DetectionDataset, build_collate, prepare, save_split
 from segtune.data.build import build_loader, build_loader_from_batches
-from segtune.data.split import choose_split
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch
@@ -32,6 +30,7 @@ from segtune.engine.default_hooks import build_hooks
 from segtune.engine.hooks import Hook, HookList
 from segtune.engine.logger import EpochReporter, log_run_start
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from segtune.engine.run_data import open_run_data
 from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file, new_run_dir,
                                write_run_state)
 from segtune.engine.signals import StopSignals
@@ -100,27 +99,15 @@ class Trainer:
         resume = None
         if cfg.train.resume:
             resume = load_resume_state(find_resume_checkpoint(cfg.train.resume, cfg.train.out))
-        # The data set is opened once: the data doctor checks it before anything is written, the
-        # splits are views of it, and the ground truth comes from the test view.
-        full = self._given_dataset
-        if full is None:
-            full = open_dataset(data_cfg, keep_crowd=True, sink=ProblemSink(collect=True))
-        # Rank 0 checks; under torch.distributed the other processes take its verdict.
-        self.report = check_opened(full, data_cfg, progress=self.main) if self.main else None
-        if self.dist.world_size > 1:
-            self.report = dist.broadcast_object(self.report)
-            full.sink = ProblemSink()
-        raise_on_errors(self.report)
-        if self.main:
-            for problem in self.report.warnings[:10]:
-                logger.warning("%s", problem)
-            if len(self.report.warnings) > 10:
-                logger.warning("... and %d more warnings (segtune data check %s lists them all)",
-                               len(self.report.warnings) - 10, data_cfg.path)
-        self.full = full
+        # The data set (and a validation set of its own) is opened once: the data doctor checks it
+        # before anything is written, the splits are views of it, the ground truth comes from the test view.
+        self.data = open_run_data(data_cfg, given=self._given_dataset, main=self.main,
+                                  world_size=self.dist.world_size)
+        full = self.full = self.data.full
+        self.report = self.data.report
         # What the run learns from the data (and, later, from the clock) is its run state; cfg stays as given.
         self.run = RunState(data_path=str(data_cfg.path), data_format=full.format, classes=list(full.classes),
-                            category_ids=list(full.category_ids), epochs=cfg.train.epochs)
+                            category_ids=list(full.category_ids), epochs=cfg.train.epochs, val_path=cfg.data.val_path)
         learned = run_state_of(resume) if resume is not None else None
         if learned is not None and learned.max_steps is not None:  # a length fitted to the time limit is kept
             self.run.epochs, self.run.max_steps = learned.epochs, learned.max_steps
@@ -132,7 +119,7 @@ class Trainer:
             raise ConfigError(f"{full.root}: the data set has no keypoints, but {cfg.model.name} needs them (a COCO "
                               f"person-keypoints file: 'keypoints' in its categories and annotations)")
         self.keypoints = keypoints if spec.has_keypoints else {}
-        self.split = resume["split"] if resume else choose_split(full, cfg.data)
+        self.split = self.data.split(cfg.data, resume)
 
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         model = self._given_model
@@ -144,7 +131,7 @@ class Trainer:
         self.train_ds = prepare(full, files=self.split["train"], train=True, augment=cfg.train.augment,
                                 hflip_prob=cfg.train.hflip_prob, image_size=cfg.model.min_size,
                                 lsj_scale=cfg.train.lsj_scale)
-        self.test_ds = prepare(full, files=self.split["test"], train=False)
+        self.test_ds = prepare(self.data.evaluated, files=self.split["test"], train=False)
         self.workers = default_workers(self.device, cfg.data.workers)
         self.generator = torch.Generator()
         sampler = None

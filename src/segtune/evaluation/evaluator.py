@@ -193,7 +193,7 @@ def evaluate_checkpoint(
     model, cfg = model_from_checkpoint(ckpt)
     dev = resolve_device(device)
     files = None if split == "all" else ckpt.get("split", {}).get(split)
-    dataset = build_dataset(checkpoint_data(ckpt, data), files=files, train=False)
+    dataset = build_dataset(checkpoint_data(ckpt, data, split), files=files, train=False)
     logger.info("evaluating %s on %d %s images of %s", ckpt["path"], len(dataset), split, dataset.root)
     return evaluate_model(
         model.to(dev), dataset, list(ckpt["classes"]), device=dev,

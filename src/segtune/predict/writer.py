@@ -60,7 +60,7 @@ def split_images(checkpoint: str | os.PathLike, split: str, *, data: str | None 
     if files is None:
         raise CheckpointError(f"{ckpt['path']}: holds no '{split}' split (it has: "
                               f"{', '.join(sorted(ckpt.get('split', {}))) or 'none'})")
-    dataset = open_dataset(checkpoint_data(ckpt, data), files=list(files))
+    dataset = open_dataset(checkpoint_data(ckpt, data, split), files=list(files))
     return [dataset.image_path(i) for i in range(len(dataset))]
 
 
