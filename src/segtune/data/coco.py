@@ -24,13 +24,10 @@ from faster_coco_eval.core import mask as mask_utils
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink
 from segtune.data.boxes import box_areas, mask_areas, mask_boxes
-from segtune.data.coco_json import has_top_level_keys, merge_split_files, split_files
+from segtune.data.coco_json import is_int as _is_int
+from segtune.data.coco_json import categories_by_id, has_top_level_keys, merge_split_files, not_classes, split_files
 from segtune.data.coco_json import read_json as _read_json
 from segtune.errors import DatasetError
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _key(value: Any) -> int | None:
     """``value`` if it can be an id (an int), else None: a list or dict in the JSON must not reach a dict lookup."""
@@ -60,10 +57,6 @@ class _Image:
     file_name: str
     height: int | None
     width: int | None
-
-
-#: Category names that stand for "no object" in exporters' output: never trained as a class.
-BACKGROUND_NAMES = ("_background_", "__background__")
 
 
 def _default_image_root(annotation_file: Path, names: list[str]) -> Path:
@@ -180,24 +173,8 @@ class CocoDataset(DetectionDataset):
         a background category (labelme2coco's ``_background_``), and a category that is only the
         ``supercategory`` of others and labels nothing (Roboflow's id 0). Duplicate names get their id added."""
         where = self.annotation_file
-        by_id: dict[int, dict[str, Any]] = {}
-        for n, cat in enumerate(categories):
-            if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
-                raise DatasetError(f"{where}: categories[{n}] needs an integer 'id' and a 'name' string, "
-                                   f"got {cat!r:.80}")
-            if cat["id"] in by_id:
-                raise DatasetError(f"{where}: category id {cat['id']} is listed twice "
-                                   f"('{by_id[cat['id']]['name']}' and '{cat['name']}')")
-            by_id[cat["id"]] = cat
-        if not by_id:
-            raise DatasetError(f"{where}: 'categories' is empty; a COCO file names at least one category")
-        parents = {c.get("supercategory") for c in by_id.values() if c.get("supercategory") != c["name"]}
-        self._dropped: dict[int, str] = {}
-        for cat_id, cat in sorted(by_id.items()):
-            if cat["name"] in BACKGROUND_NAMES:
-                self._dropped[cat_id] = f"'{cat['name']}' is the background, not a class"
-            elif cat["name"] in parents and cat_id not in used and len(by_id) > 1:
-                self._dropped[cat_id] = f"'{cat['name']}' only groups other categories (their supercategory)"
+        by_id = categories_by_id(categories, where)
+        self._dropped = not_classes(by_id, used)
         for cat_id, why in self._dropped.items():
             self.problem("not-a-class", where, f"category {cat_id}: {why}; not trained as a class", WARNING)
         ordered = [by_id[i] for i in sorted(by_id) if i not in self._dropped]

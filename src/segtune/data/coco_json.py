@@ -147,3 +147,40 @@ def merge_split_files(files: dict[str, Path]) -> tuple[dict[str, Any], dict[str,
                 merged["annotations"].append({**ann, "id": len(merged["annotations"]) + 1,
                                               "image_id": new_id[ann["image_id"]]})
     return merged, roles
+
+
+#: Category names that stand for "no object" in exporters' output: never trained as a class.
+BACKGROUND_NAMES = ("_background_", "__background__")
+
+
+def categories_by_id(categories: list[Any], where: Path) -> dict[int, dict[str, Any]]:
+    """A file's categories by id, checked: each a mapping with an integer ``id`` and a ``name``, ids unique."""
+    by_id: dict[int, dict[str, Any]] = {}
+    for n, cat in enumerate(categories):
+        if not isinstance(cat, dict) or not is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise DatasetError(f"{where}: categories[{n}] needs an integer 'id' and a 'name' string, got {cat!r:.80}")
+        if cat["id"] in by_id:
+            raise DatasetError(f"{where}: category id {cat['id']} is listed twice "
+                               f"('{by_id[cat['id']]['name']}' and '{cat['name']}')")
+        by_id[cat["id"]] = cat
+    if not by_id:
+        raise DatasetError(f"{where}: 'categories' is empty; a COCO file names at least one category")
+    return by_id
+
+
+def not_classes(by_id: dict[int, dict[str, Any]], used: set[int | None]) -> dict[int, str]:
+    """The categories that are no class to learn, and why: a background category (labelme2coco's
+    ``_background_``), and one that is only the ``supercategory`` of others and labels nothing (Roboflow's id 0)."""
+    parents = {c.get("supercategory") for c in by_id.values() if c.get("supercategory") != c["name"]}
+    dropped: dict[int, str] = {}
+    for cat_id, cat in sorted(by_id.items()):
+        if cat["name"] in BACKGROUND_NAMES:
+            dropped[cat_id] = f"'{cat['name']}' is the background, not a class"
+        elif cat["name"] in parents and cat_id not in used and len(by_id) > 1:
+            dropped[cat_id] = f"'{cat['name']}' only groups other categories (their supercategory)"
+    return dropped
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool (JSON's true is no id)."""
+    return isinstance(value, int) and not isinstance(value, bool)
