@@ -84,3 +84,9 @@ def test_bad_yaml_file_is_named(tmp_path: Path) -> None:
         load_yaml(bad)
     with pytest.raises(ConfigError, match="config file not found"):
         load_yaml(tmp_path / "missing.yaml")
+
+
+def test_none_on_the_command_line_clears_an_optional_setting() -> None:
+    cfg = build_config(("command line", {"data.test_max": "none", "model.backbone": "None"}))
+    assert cfg.data.test_max is None and cfg.model.backbone is None
+    assert build_config(("command line", {"model.weights": "none"})).model.weights == "none"  # a value of its own

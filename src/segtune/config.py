@@ -195,8 +195,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None  # "--test-max none", "--resume none" on the command line mean no value
         inner = [a for a in args if a is not type(None)]
         return coerce(value, inner[0], where)
     if origin is list:
