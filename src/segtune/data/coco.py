@@ -366,13 +366,15 @@ class CocoDataset(DetectionDataset):
         given_box = torch.tensor([a.bbox is not None for a in kept], dtype=torch.bool)
         if self.has_masks:
             raw.masks = (torch.from_numpy(np.stack(masks)) if n else torch.zeros((0, height, width))).to(torch.uint8)
-            boxes = torch.where(given_box[:, None], boxes, mask_boxes(raw.masks).to(torch.float64))
-            fallback_area = mask_areas(raw.masks).to(torch.float64)
-        else:
-            fallback_area = box_areas(boxes)
+            if not bool(given_box.all()):  # the masks' extent only where the file gives no box
+                boxes = torch.where(given_box[:, None], boxes, mask_boxes(raw.masks).to(torch.float64))
         raw.boxes = boxes
-        raw.area = torch.tensor([a.area if a.area is not None else float(fallback_area[i]) for i, a in enumerate(kept)],
-                                dtype=torch.float64)
+        if any(a.area is None for a in kept):  # likewise the pixel count (or the box's area) only where needed
+            fallback_area = mask_areas(raw.masks).to(torch.float64) if self.has_masks else box_areas(boxes)
+            raw.area = torch.tensor([a.area if a.area is not None else float(fallback_area[i])
+                                     for i, a in enumerate(kept)], dtype=torch.float64)
+        else:
+            raw.area = torch.tensor([a.area for a in kept], dtype=torch.float64)
         if self.num_keypoints:
             points = torch.zeros((n, self.num_keypoints, 3), dtype=torch.float32)
             for i, ann in enumerate(kept):
