@@ -69,7 +69,8 @@ def test_check_show_and_convert_work_on_it(tmp_path: Path) -> None:
     root = dsb(tmp_path / "cells")
     assert main(["data", "check", str(root)]) == 0
     assert main(["data", "show", str(root), "--out", str(tmp_path / "grid.png")]) == 0
-    assert Image.open(tmp_path / "grid.png").size[0] > 0
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size[0] > 0
     out = tmp_path / "coco.json"
     convert_to_coco(DataConfig(path=str(root), classes=["nucleus"]), out)
     back = CocoDataset(out)

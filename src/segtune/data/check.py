@@ -8,6 +8,7 @@ them, decodes every image, and adds the checks that need the whole picture (coun
 
 from __future__ import annotations
 
+import copy
 import logging
 import multiprocessing
 import os
@@ -242,8 +243,9 @@ class _Part:
 
 
 def _scan_chunk(dataset: DetectionDataset, indices: range, min_box_size: float) -> _Part:
-    # A view with a sink of its own: the reader's per-image problems of this chunk stay together.
-    view = dataset.view(dataset.files, sink=ProblemSink(collect=True))
+    # The same data set with a sink of its own: the reader's per-image problems of this chunk stay together.
+    view = copy.copy(dataset)  # (a view() would check every file name again, per chunk)
+    view.sink = ProblemSink(collect=True)
     part = _Part(CheckReport(path="", format="", classes=[], min_box_size=min_box_size))
     report = part.report
     for i in indices:
