@@ -314,7 +314,7 @@ def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> 
     chunks = [range(start, min(n, start + _CHUNK)) for start in range(0, n, _CHUNK)]
     parts: Iterable[_Part] = _scan_parts(dataset, chunks, report.min_box_size) if n >= _PARALLEL_FROM else \
         (_scan_chunk(dataset, chunk, report.min_box_size) for chunk in chunks)
-    if progress and n >= _PROGRESS_FROM:
+    if progress and n >= _PROGRESS_FROM and len(chunks) > 1:
         parts = track(parts, total=len(chunks), desc=f"checking {n} images ({_CHUNK} a chunk)",
                       every=max(1, len(chunks) // 5))
     parts = list(parts)
