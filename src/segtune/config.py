@@ -40,6 +40,8 @@ class DataConfig:
     )
     val_path: str | None = _opt(None, "a validation set of its own (any format, the same classes), evaluated every "
                                 "epoch while all of --data trains", flag="--val-data")
+    test_path: str | None = _opt(None, "a test set of its own (any format, the same classes), scored once with the "
+                                 "best checkpoint after training (test_metrics.json)", flag="--test-data")
     format: str = _opt("auto", "data format: auto (detect) | masks | coco | yolo | labelme | instance-pngs (one "
                        "binary PNG per instance)", choices=["auto", "masks", "coco", "yolo", "labelme", "instance-pngs"])
     images_dir: str = _opt("auto", "mask folders: folder of images inside the data set (auto: PNGImages, images, "

@@ -126,10 +126,16 @@ def test_a_validation_set_of_its_own_is_evaluated_and_found_again(tmp_path: Path
 
     train_data = make_mask_folder(tmp_path / "train", n=4, seed=1)
     val_data = make_mask_folder(tmp_path / "val", n=2, seed=2, empty=())
+    test_data = make_mask_folder(tmp_path / "test", n=3, seed=3, empty=())
     run = tmp_path / "run"
     overrides = [f"{k}={v}" for k, v in TINY_MODEL.items()]
-    assert main(["train", "--data", str(train_data), "--val-data", str(val_data), "--out", str(run), "--epochs", "1",
-                 "--max-iters-per-epoch", "1", "--tensorboard", "false", *overrides]) == 0
+    assert main(["train", "--data", str(train_data), "--val-data", str(val_data), "--test-data", str(test_data),
+                 "--out", str(run), "--epochs", "1", "--max-iters-per-epoch", "1", "--tensorboard", "false",
+                 *overrides]) == 0
+    # The test set of its own is scored once, with the best checkpoint, after training.
+    scored = json.loads((run / "test_metrics.json").read_text())
+    assert scored["num_images"] == 3 and set(scored["metrics"]) == {"bbox", "segm"} and scored["data"] == str(test_data)
+    assert f"test set {test_data} (3 images)" in (run / "train.log").read_text()
     split = json.loads((run / "split.json").read_text())
     assert len(split["train"]) == 4 and split["test"] == ["img000.png", "img001.png"]
     assert f"--val-data {val_data}" in split["source"]

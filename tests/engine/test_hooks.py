@@ -204,7 +204,7 @@ def test_built_in_hooks_are_registered_and_built_from_the_registry_as_the_config
     from segtune.engine.default_hooks import DEFAULT_HOOKS, build_hooks
 
     assert HOOKS.names() == ["callback", "checkpoints", "early_stopping", "ema", "evaluation", "metrics_files",
-                             "results_plot", "tensorboard", "time_budget", "val_loss"]
+                             "results_plot", "tensorboard", "test_set", "time_budget", "val_loss"]
     assert HOOKS.get("early_stopping") is EarlyStopping
     assert all(name in HOOKS for name, _ in DEFAULT_HOOKS)
     trainer = SimpleNamespace(cfg=build_config(), run_dir=tmp_path)

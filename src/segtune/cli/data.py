@@ -10,7 +10,7 @@ from segtune.config import DataConfig, build_config
 from segtune.data.download import SOURCES, download_dataset
 
 #: DataConfig fields that describe how to read a data set (the rest are about splits and loading).
-_SKIP = ("path", "val_path", "test_size", "test_max", "split", "split_seed", "workers", "aspect_ratio_group_factor")
+_SKIP = ("path", "val_path", "test_path", "test_size", "test_max", "split", "split_seed", "workers", "aspect_ratio_group_factor")
 
 
 def add_parser(sub: Any) -> None:

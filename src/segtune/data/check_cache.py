@@ -24,7 +24,7 @@ from segtune.version import __version__
 logger = logging.getLogger(__name__)
 
 #: Settings that do not change what the data doctor finds (the split, the loader).
-_IRRELEVANT = ("path", "val_path", "test_size", "test_max", "split", "split_seed", "workers", "aspect_ratio_group_factor",
+_IRRELEVANT = ("path", "val_path", "test_path", "test_size", "test_max", "split", "split_seed", "workers", "aspect_ratio_group_factor",
                "check_cache")
 
 

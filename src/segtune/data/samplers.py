@@ -116,7 +116,7 @@ def aspect_ratio_groups(dataset: Any, group_factor: int) -> list[int]:
     n = len(dataset)
     indices: Iterable[int] = range(n)
     if n >= _PROGRESS_FROM:
-        indices = track(indices, total=n, desc="reading image sizes", every=_PROGRESS_FROM)
+        indices = track(indices, total=n, desc="reading image sizes", every=max(_PROGRESS_FROM, n // 5))
     ratios = np.empty(n, dtype=np.float64)
     for i in indices:
         height, width = _height_and_width(dataset, i)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 # Imported for their registration in HOOKS.
-from segtune.engine import budget, checkpoints, ema, eval_hook, log_hooks, run, val_loss  # noqa: F401
+from segtune.engine import budget, checkpoints, ema, eval_hook, log_hooks, run, test_set, val_loss  # noqa: F401
 from segtune.engine.hooks import HOOKS, Hook
 
 #: ``(registry name, on)``: the built-in hooks, in the order they run; ``on(cfg)`` says whether a run has it.
@@ -27,6 +27,7 @@ DEFAULT_HOOKS: list[tuple[str, Callable[[Any], bool]]] = [
     ("results_plot", lambda cfg: True),
     ("tensorboard", lambda cfg: cfg.train.tensorboard),
     ("early_stopping", lambda cfg: cfg.train.early_stop_patience is not None),
+    ("test_set", lambda cfg: cfg.data.test_path is not None),
 ]
 
 

@@ -64,20 +64,19 @@ def open_run_data(data_cfg: Any, *, given: DetectionDataset | None = None, main:
             names other classes than the training set.
     """
     full = given if given is not None else open_dataset(data_cfg, keep_crowd=True, sink=ProblemSink(collect=True))
-    val_cfg = dataclasses.replace(data_cfg, path=data_cfg.val_path) if data_cfg.val_path else None
-    val = open_dataset(val_cfg, keep_crowd=True, sink=ProblemSink(collect=True)) if val_cfg else None
-    reports = None
-    if main:
-        reports = [check_opened(full, data_cfg, progress=True)]
-        if val is not None:
-            reports.append(check_opened(val, val_cfg, progress=True))
+    # The validation set is kept (its test split is evaluated every epoch); the test set is only checked
+    # here, so a bad one stops the run before it starts, and is read again after training.
+    others = [(role, dataclasses.replace(data_cfg, path=path)) for role, path in
+              (("validation", data_cfg.val_path), ("test", data_cfg.test_path)) if path]
+    sets = [full] + [open_dataset(cfg, keep_crowd=True, sink=ProblemSink(collect=True)) for _, cfg in others]
+    cfgs = [data_cfg] + [cfg for _, cfg in others]
+    reports = [check_opened(ds, cfg, progress=True) for ds, cfg in zip(sets, cfgs)] if main else None
     if world_size > 1:
         reports = dist.broadcast_object(reports)
-        for dataset in (full, val):
-            if dataset is not None:
-                dataset.sink = ProblemSink()
+        for dataset in sets:
+            dataset.sink = ProblemSink()
     assert reports is not None
-    for report, cfg in zip(reports, (data_cfg, val_cfg)):
+    for report, cfg in zip(reports, cfgs):
         raise_on_errors(report)
         if main:
             for problem in report.warnings[:10]:
@@ -85,8 +84,10 @@ def open_run_data(data_cfg: Any, *, given: DetectionDataset | None = None, main:
             if len(report.warnings) > 10:
                 logger.warning("... and %d more warnings (segtune data check %s lists them all)",
                                len(report.warnings) - 10, cfg.path)
-    if val is not None and list(val.classes) != list(full.classes):
-        raise DatasetError(f"{data_cfg.val_path}: the validation set's classes {list(val.classes)} are not the "
-                           f"training set's {list(full.classes)} (same names, same order); for mask folders, "
-                           "name them with --classes")
+    for (role, cfg), dataset in zip(others, sets[1:]):
+        if list(dataset.classes) != list(full.classes):
+            raise DatasetError(f"{cfg.path}: the {role} set's classes {list(dataset.classes)} are not the training "
+                               f"set's {list(full.classes)} (same names, same order); for mask folders, name them "
+                               "with --classes")
+    val = sets[1] if data_cfg.val_path else None
     return RunData(full, val, reports[0], reports[1] if val is not None else None)
