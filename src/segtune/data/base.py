@@ -167,6 +167,19 @@ class DetectionDataset(torch.utils.data.Dataset):
         if not self.category_ids:
             self.category_ids = list(range(1, len(self.classes) + 1))
 
+    def _set_given_split(self, roles: dict[str, list[str]], where: str) -> None:
+        """Record the data set's own split from the file names each of its ``train``, ``val`` and ``test``
+        parts lists: ``val`` (else ``test``) is evaluated, ``train`` trains, and ``test`` beside ``val`` is
+        held out. Names left out for defects are in no split; without ``train`` and another part, none."""
+        evaluated = "val" if roles.get("val") else "test" if roles.get("test") else None
+        if evaluated is None or not roles.get("train"):
+            return
+        keep = set(self.all_files)
+        held = [n for key, names in roles.items() if key not in ("train", evaluated) for n in names]
+        split = {"train": roles["train"], "test": roles[evaluated], **({"holdout": held} if held else {})}
+        self.given_split = {k: sorted(n for n in names if n in keep) for k, names in split.items()}
+        self.given_split_source = f"{where}: train / {evaluated}" + (" (test held out)" if held else "")
+
     def _image_id_of(self, name: str) -> int:
         """The image id of file ``name``; formats with their own ids (COCO) override this."""
         return self._ids[name]

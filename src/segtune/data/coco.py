@@ -149,22 +149,11 @@ class CocoDataset(DetectionDataset):
             raise DatasetError(f"{self.annotation_file}: none of its {len(images)} images exist under {self.root}")
         self._images = {image.file_name: image for image in images.values() if image.id not in gone}
         self._set_images({name: self.root / name for name in self._images}, files)
-        if roles is not None:
-            self._given_split(roles)
+        if roles is not None:  # a split export's folders: valid/ is evaluated, test/ beside it held out
+            self._set_given_split(roles, "split folders")
 
     def source_files(self, index: int) -> list[Path]:
         return [self.image_path(index), *self._json_files]
-
-    def _given_split(self, roles: dict[str, list[str]]) -> None:
-        """A split export's own split: ``valid`` (else ``test``) is evaluated; with both, ``test`` is held out."""
-        keep = set(self.all_files)
-        evaluated = "val" if roles.get("val") else "test"
-        split = {"train": roles.get("train", []), "test": roles.get(evaluated, [])}
-        if evaluated == "val" and roles.get("test"):
-            split["holdout"] = roles["test"]
-        self.given_split = {k: sorted(n for n in v if n in keep) for k, v in split.items()}
-        self.given_split_source = f"split folders: train / {'valid' if evaluated == 'val' else 'test'}" + (
-            " (test held out)" if "holdout" in split else "")
 
     # --- reading the JSON -----------------------------------------------------------------------
 

@@ -171,20 +171,7 @@ class YoloDataset(DetectionDataset):
             self.problem("no-labels", self.root, f"none of the {len(paths)} images has a label file (for "
                          f"{first} it would be {label_path(first)}); all train as negatives", WARNING)
         self._set_images(paths, files)
-        self._given_split(roles, path)
-
-    def _given_split(self, roles: dict[str, list[str]], path: Path) -> None:
-        """The YAML's own split: ``val`` (else ``test``) is evaluated, ``train`` trains, the rest is held out."""
-        evaluated = "val" if roles.get("val") else "test" if roles.get("test") else None
-        if evaluated is None or not roles.get("train"):
-            return
-        keep = set(self.all_files)  # images left out for defects are in no split
-        self.given_split = {"train": sorted(n for n in roles["train"] if n in keep),
-                            "test": sorted(n for n in roles[evaluated] if n in keep)}
-        held = [n for key, names in roles.items() if key not in ("train", evaluated) for n in names if n in keep]
-        if held:
-            self.given_split["holdout"] = sorted(held)
-        self.given_split_source = f"{path.name}: train / {evaluated}" + (" (test held out)" if held else "")
+        self._set_given_split(roles, path.name)
 
     # --- listing ----------------------------------------------------------------------------------
 

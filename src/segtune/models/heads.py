@@ -12,7 +12,6 @@ from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.fcos import FCOSClassificationHead
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetClassificationHead
 
@@ -73,13 +72,3 @@ def replace_heads(model: nn.Module, num_classes: int, *, mask_hidden: int | None
         model.head.classification_head = new
         return
     raise TypeError(f"cannot replace the heads of {type(model).__name__}")
-
-
-def replace_keypoint_head(model: nn.Module, num_keypoints: int) -> None:
-    """Give a Keypoint R-CNN a new keypoint predictor for ``num_keypoints`` keypoints.
-
-    The eight convolutions of the keypoint head in front of it keep their weights.
-    """
-    heads = model.roi_heads
-    heads.keypoint_predictor = KeypointRCNNPredictor(heads.keypoint_predictor.kps_score_lowres.in_channels,
-                                                     num_keypoints)
