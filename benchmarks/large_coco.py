@@ -96,7 +96,7 @@ def main() -> None:
     t = time.perf_counter()
     data = write_data(work / "data", args.images)
     print(f"wrote {args.images} image entries in {time.perf_counter() - t:.1f} s ({data})")
-    env = {**os.environ, "SEGTUNE_CACHE_DIR": str(work / "cache")}
+    env = {k: v for k, v in os.environ.items() if k != "SEGTUNE_CACHE_DIR"}  # the check is kept beside the data
     for label in ("checked in full", "check cached"):
         done = subprocess.run([sys.executable, __file__, "--one", str(data), str(work / "runs" / "r")], env=env,
                               capture_output=True, text=True)

@@ -64,7 +64,7 @@ class DataConfig:
                       "Roboflow's split folders, else random) | random (always draw one)", choices=["auto", "random"])
     split_seed: int = _opt(0, "seed of the random train/test split")
     check_cache: bool = _opt(True, "reuse the data check of a data set whose files are unchanged (kept in "
-                             "$SEGTUNE_CACHE_DIR, default ~/.cache/segtune)")
+                             "a .segtune folder beside the data, else ~/.cache/segtune/checks)")
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
 
 

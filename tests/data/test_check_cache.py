@@ -78,3 +78,46 @@ def test_a_cache_that_cannot_be_written_does_not_stop_the_check(tmp_path: Path, 
     _, report = open_and_check(DataConfig(path=str(root)))
     _, again = open_and_check(DataConfig(path=str(root)))
     assert report.images == 3 and again.images == 3 and counted_scans == [3, 3]
+
+
+def test_the_report_is_kept_beside_the_data_and_replaced_when_it_changes(tmp_path: Path, monkeypatch,
+                                                                         counted_scans) -> None:
+    monkeypatch.delenv("SEGTUNE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    root = _with_defects(tmp_path / "d")
+    cfg = DataConfig(path=str(root))
+    open_and_check(cfg)
+    kept = list((root / ".segtune").glob("check-*.json"))
+    assert len(kept) == 1 and not (tmp_path / "user-cache").exists()
+    # The folder is not data: the set still reads as 9 images, and its report comes from beside it.
+    _, again = open_and_check(cfg)
+    assert counted_scans == [9] and again.images == 9
+    # A changed set is checked again and its report replaces the old one (same file, new key).
+    before = kept[0].read_text()
+    Image.fromarray(np.zeros((72, 96), dtype=np.uint8)).save(root / "PedMasks" / "img003_mask.png")
+    open_and_check(cfg)
+    assert counted_scans == [9, 9]
+    assert list((root / ".segtune").glob("check-*.json")) == kept and kept[0].read_text() != before
+
+
+def test_a_data_folder_that_cannot_be_written_keeps_the_report_in_the_users_cache(tmp_path: Path, monkeypatch,
+                                                                                  counted_scans) -> None:
+    monkeypatch.delenv("SEGTUNE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+    root = make_mask_folder(tmp_path / "d", n=3)
+    (root / ".segtune").write_text("not a folder")  # as a read-only data folder would, this refuses the write
+    open_and_check(DataConfig(path=str(root)))
+    _, again = open_and_check(DataConfig(path=str(root)))
+    assert counted_scans == [3] and again.images == 3
+    assert len(list((tmp_path / "user-cache" / "segtune" / "checks").glob("check-*.json"))) == 1
+
+
+def test_an_annotation_files_report_goes_to_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from segtune.data.check_cache import check_folders
+
+    (tmp_path / "ann.json").write_text("{}")
+    monkeypatch.delenv("SEGTUNE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    assert check_folders(tmp_path / "ann.json") == [tmp_path / ".segtune", tmp_path / "c" / "segtune" / "checks"]
+    monkeypatch.setenv("SEGTUNE_CACHE_DIR", str(tmp_path / "only"))
+    assert check_folders(tmp_path / "ann.json") == [tmp_path / "only" / "checks"]

@@ -31,7 +31,7 @@ def detect_format(path: str | Path, data_cfg: Any) -> str:
     for name in DETECT_ORDER:
         if name in FORMATS and FORMATS.get(name).detect(path, data_cfg):
             return name
-    holds = ", ".join(sorted(p.name for p in path.iterdir())[:10]) if path.is_dir() else "a file"
+    holds = ", ".join(sorted(p.name for p in path.iterdir() if not p.name.startswith("."))[:10]) if path.is_dir() else "a file"
     raise DatasetError(
         f"{path}: cannot tell the data format (it holds: {holds or 'nothing'}); expected one of "
         f"{', '.join(n for n in DETECT_ORDER if n in FORMATS)} (see docs/data-formats.md), or pass --format"

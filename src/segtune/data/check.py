@@ -24,7 +24,7 @@ import torch
 from segtune.config import resolve_data_path
 from segtune.data.base import ERROR, WARNING, DetectionDataset, Problem, ProblemSink
 from segtune.data.build import open_dataset
-from segtune.data.check_cache import cache_dir, fingerprint, load_report, save_report
+from segtune.data.check_cache import fingerprint, load_report, save_report
 from segtune.errors import DatasetError
 from segtune.runtime import track
 
@@ -204,11 +204,11 @@ def check_opened(dataset: DetectionDataset, data_cfg: Any, *, progress: bool = T
     sink = dataset.sink if dataset.sink.collect else ProblemSink(collect=True)
     dataset.sink = sink
     path = str(resolve_data_path(data_cfg.path))  # the data set as the user gave it (a COCO file, not its images)
-    key = fingerprint(dataset, data_cfg) if getattr(data_cfg, "check_cache", False) else None
-    cached = load_report(key, CheckReport) if key else None
+    key = fingerprint(dataset, data_cfg, path) if getattr(data_cfg, "check_cache", False) else None
+    cached, where = load_report(key, CheckReport) if key else (None, None)
     if cached is not None:
         logger.info("data check: %s is unchanged since its last check; that report is used (%s; --check-cache "
-                    "false checks again)", path, cache_dir())
+                    "false checks again)", path, where)
         cached.path = path
         dataset.sink = ProblemSink()
         return cached

@@ -1,10 +1,16 @@
 """Owns remembering the data doctor's verdict, so an unchanged data set is not checked twice.
 
-The report of a check is kept under ``$SEGTUNE_CACHE_DIR`` (default ``~/.cache/segtune``) in
-``checks/``, keyed by a fingerprint of everything the verdict depends on: segtune's version, the
+The report of a check is kept beside the data, in a ``.segtune/`` folder of the data folder (or of
+the folder holding the annotation file), so it travels with the data set and every user and rank
+of a shared set finds it. Where that folder cannot be written (read-only or shared media) the
+user's cache (``$XDG_CACHE_HOME/segtune/checks``, default ``~/.cache/segtune/checks``) is used
+instead; ``$SEGTUNE_CACHE_DIR`` set names the one place to use (``$SEGTUNE_CACHE_DIR/checks``).
+
+A report is keyed by a fingerprint of everything the verdict depends on: segtune's version, the
 format and its settings, and the name, size and modification time of every image and annotation
-file. Kept in the user's cache rather than in the data folder, which may be read-only or shared.
-Change a file (or a setting) and the fingerprint changes: the data set is checked again.
+file. Its file is named by the data set's identity (path, format, settings) alone, so the report
+of a changed data set replaces the old one rather than piling up beside it. Change a file (or a
+setting) and the fingerprint changes: the data set is checked again.
 """
 
 from __future__ import annotations
@@ -28,12 +34,26 @@ _IRRELEVANT = ("path", "val_path", "test_path", "test_size", "test_max", "split"
                "check_cache")
 
 
+#: The folder beside the data that holds segtune's notes on it.
+BESIDE_DATA = ".segtune"
+
+
 def cache_dir() -> Path:
-    """Where checks are remembered: ``$SEGTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/segtune``, else ``~/.cache/segtune``."""
+    """The user's cache: ``$SEGTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/segtune``, else ``~/.cache/segtune``."""
     if os.environ.get("SEGTUNE_CACHE_DIR"):
         return Path(os.environ["SEGTUNE_CACHE_DIR"])
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "segtune"
+
+
+def check_folders(data_path: str | Path) -> list[Path]:
+    """Where the check of the data at ``data_path`` is looked for and kept, first choice first."""
+    user = cache_dir() / "checks"
+    if os.environ.get("SEGTUNE_CACHE_DIR"):
+        return [user]
+    data_path = Path(data_path)
+    folder = data_path if data_path.is_dir() else data_path.parent
+    return [folder / BESIDE_DATA, user]
 
 
 def _stat(path: Path) -> list[Any]:
@@ -44,27 +64,41 @@ def _stat(path: Path) -> list[Any]:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def fingerprint(dataset: DetectionDataset, data_cfg: Any) -> str:
-    """A hash of what the check of ``dataset`` depends on (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class CheckKey:
+    """Which data set (``name``: its path, format and settings) and which state of its files (``key``)."""
+
+    data_path: str
+    name: str
+    key: str
+
+
+def fingerprint(dataset: DetectionDataset, data_cfg: Any, data_path: str | Path) -> CheckKey:
+    """What the check of ``dataset`` (opened from ``data_path``) depends on (see the module docstring)."""
     settings = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in _IRRELEVANT}
-    digest = hashlib.sha256(json.dumps([__version__, dataset.format, str(dataset.root), settings],
-                                       sort_keys=True, default=str).encode())
+    identity = json.dumps([dataset.format, str(Path(data_path).resolve()), str(dataset.root), settings],
+                          sort_keys=True, default=str)
+    digest = hashlib.sha256(json.dumps([__version__, identity]).encode())
     seen: set[Path] = set()
     for i in range(len(dataset)):
         for path in dataset.source_files(i):
             if path not in seen:  # one annotation file for many images (COCO) is read once
                 seen.add(path)
                 digest.update(json.dumps(_stat(path)).encode())
-    return digest.hexdigest()
+    name = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return CheckKey(data_path=str(data_path), name=f"check-{name}.json", key=digest.hexdigest())
 
 
-def _path(key: str) -> Path:
-    return cache_dir() / "checks" / f"{key[:32]}.json"
+def load_report(key: CheckKey, report_type: type) -> tuple[Any, Path] | tuple[None, None]:
+    """The report remembered under ``key`` and where it was, or Nones (none, unreadable, or another state's)."""
+    for folder in check_folders(key.data_path):
+        report = _read(folder / key.name, key.key, report_type)
+        if report is not None:
+            return report, folder / key.name
+    return None, None
 
 
-def load_report(key: str, report_type: type) -> Any | None:
-    """The report remembered under ``key``, or None (none, unreadable, or another key's)."""
-    path = _path(key)
+def _read(path: Path, key: str, report_type: type) -> Any | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         if data.get("key") != key:
@@ -79,9 +113,16 @@ def load_report(key: str, report_type: type) -> Any | None:
         return None
 
 
-def save_report(key: str, report: Any) -> None:
-    """Remember ``report`` under ``key``; a cache that cannot be written is skipped with a debug line."""
-    try:
-        write_json(_path(key), {"key": key, "report": dataclasses.asdict(report)})
-    except Exception as e:  # noqa: BLE001  (a cache is never worth failing a run for)
-        logger.debug("data check not cached (%s)", e)
+def save_report(key: CheckKey, report: Any) -> Path | None:
+    """Remember ``report`` under ``key`` in the first place that can be written; where, or None.
+
+    A place that cannot be written is skipped with a debug line: a cache is never worth failing a run for.
+    """
+    for folder in check_folders(key.data_path):
+        try:
+            write_json(folder / key.name, {"key": key.key, "data": key.data_path, "segtune": __version__,
+                                           "report": dataclasses.asdict(report)})
+            return folder / key.name
+        except Exception as e:  # noqa: BLE001
+            logger.debug("data check not kept in %s (%s)", folder, e)
+    return None
