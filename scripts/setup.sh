@@ -18,3 +18,16 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || { echo "segtune setup: install failed" >&2; exit 1; }
   echo "$want" > "$stamp"
 fi
+# Headless Chromium + chromedriver for the browser tests of report.html (tests/report). Best effort:
+# installed with apt-get where this runs as root with apt-get present; otherwise those tests skip.
+if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+  :  # already installed
+elif [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "segtune setup: browser tests (tests/report) will be skipped: /usr/bin/chromium or /usr/bin/chromedriver missing and cannot apt-get install chromium chromium-driver ($( [ "$(id -u)" != 0 ] && echo 'not root' || echo 'no apt-get'))"
+else
+  echo "segtune setup: installing chromium and chromium-driver with apt-get (browser tests, tests/report)"
+  if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
+         && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/tmp/segtune-apt.log 2>&1; then
+    echo "segtune setup: browser tests (tests/report) will be skipped: apt-get install chromium chromium-driver failed (see /tmp/segtune-apt.log)"
+  fi
+fi

@@ -48,6 +48,17 @@ def make_mask_folder(root: Path, n: int = 6, size: tuple[int, int] = (72, 96), e
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_report_outside_its_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training runs in this process write no report.html except in tests/report (and test_hooks, which
+    checks the list): drawing it takes seconds, paid by every short run of the suite otherwise."""
+    if request.node.path.parent.name == "report" or request.node.path.name == "test_hooks.py":
+        return
+    from segtune.engine import default_hooks
+
+    monkeypatch.setattr(default_hooks, "DEFAULT_HOOKS", [h for h in default_hooks.DEFAULT_HOOKS if h[0] != "report"])
+
+
 @pytest.fixture
 def mask_folder(tmp_path: Path) -> Path:
     return make_mask_folder(tmp_path / "data")

@@ -16,11 +16,14 @@ def _modules_after(statement: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("package", ["segtune.data", "segtune.models", "segtune.evaluation", "segtune.checkpoint"])
+@pytest.mark.parametrize("package", ["segtune.data", "segtune.models", "segtune.evaluation", "segtune.checkpoint",
+                                     "segtune.report"])
 def test_lower_layers_import_no_engine_module(package: str) -> None:
     loaded = _modules_after(f"import {package}")
     assert package in loaded
     assert not [m for m in loaded if m.startswith(("segtune.engine", "segtune.cli", "segtune.predict"))], loaded
+    if package != "segtune.report":  # the report sits above evaluation
+        assert not [m for m in loaded if m.startswith("segtune.report")], loaded
 
 
 def test_data_and_models_do_not_import_each_other() -> None:

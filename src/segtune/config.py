@@ -145,6 +145,8 @@ class TrainConfig:
     val_loss: bool = _opt(True, "after every epoch's evaluation, also compute the loss terms on the test split "
                           "(val/loss in metrics.csv and results.png)")
     tensorboard: bool = _opt(True, "write TensorBoard event files into the run folder (tb/)")
+    report: bool = _opt(True, "write report.html into the run folder at the end: curves, PR/F1, confusion "
+                        "matrix, label statistics, a worst-first gallery, COCO error analysis")
     sync_bn: bool = _opt(False, "distributed: convert BatchNorm to SyncBatchNorm")
     augment: list[str] = _opt(["hflip"], "augmentation presets, comma-separated: hflip, multiscale, lsj, "
                               "photometric, copypaste")

@@ -204,13 +204,13 @@ def test_built_in_hooks_are_registered_and_built_from_the_registry_as_the_config
     from segtune.engine.default_hooks import DEFAULT_HOOKS, build_hooks
 
     assert HOOKS.names() == ["callback", "checkpoints", "early_stopping", "ema", "evaluation", "metrics_files",
-                             "results_plot", "tensorboard", "test_set", "time_budget", "val_loss"]
+                             "report", "results_plot", "tensorboard", "test_set", "time_budget", "val_loss"]
     assert HOOKS.get("early_stopping") is EarlyStopping
     assert all(name in HOOKS for name, _ in DEFAULT_HOOKS)
     trainer = SimpleNamespace(cfg=build_config(), run_dir=tmp_path)
     assert [h.name for h in build_hooks(trainer)] == ["evaluation", "val_loss", "metrics_files", "checkpoints",
-                                                      "results_plot", "tensorboard"]
-    trainer.cfg = build_config(("test", {"train.val_loss": False, "train.tensorboard": False,
+                                                      "results_plot", "tensorboard", "report"]
+    trainer.cfg = build_config(("test", {"train.val_loss": False, "train.tensorboard": False, "train.report": False,
                                          "train.early_stop_patience": 2, "train.time_limit": 5.0}))
     trainer.dist = SimpleNamespace(world_size=1)
     hooks = build_hooks(trainer)

@@ -19,6 +19,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's eval batch size)")
     p.add_argument("--workers", type=int, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.add_argument("--report", metavar="HTML", help="also write a report page: PR and F1 curves, confusion matrix, "
+                   "label statistics, a worst-first gallery and COCO error analysis")
     p.set_defaults(run=run)
 
 
@@ -27,6 +29,12 @@ def run(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, workers=args.workers)
     if args.out:
         write_json(args.out, {"split": args.split, "num_images": report.num_images, "metrics": report.metrics})
+    if args.report:
+        from segtune.report import write_checkpoint_report
+
+        write_checkpoint_report(report, title=f"segtune evaluation of {args.checkpoint}", out=args.report,
+                                facts=[("checkpoint", args.checkpoint), ("data", args.data or "as trained"),
+                                       ("split", f"{args.split}: {report.num_images} images")])
     parts = [f"{t} AP {m['AP']:.3f} (AP50 {m['AP50']:.3f})" for t, m in report.metrics.items()]
     print(f"{report.num_images} {args.split} images, {report.num_detections} detections: " + ", ".join(parts))
     return 0

@@ -16,11 +16,12 @@ from segtune.cli import data as data_cmd
 from segtune.cli import evaluate as evaluate_cmd
 from segtune.cli import models as models_cmd
 from segtune.cli import predict as predict_cmd
+from segtune.cli import report as report_cmd
 from segtune.cli import train as train_cmd
 from segtune.errors import SegtuneError
 from segtune.runtime import is_terminal
 
-COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, data_cmd, models_cmd)
+COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, report_cmd, data_cmd, models_cmd)
 
 
 class _TqdmSafeHandler(logging.StreamHandler):

@@ -4,7 +4,8 @@ Each entry names a hook in the :data:`~segtune.engine.hooks.HOOKS` registry and 
 turns it on; :func:`build_hooks` looks each up and makes it with its ``from_trainer``. Order matters
 within an event: the time budget decides before the others see a step, evaluation fills the epoch's
 record before the EMA's and the validation loss's additions, the metrics files and checkpoints are
-written before the plot and early stopping look at the epoch. User hooks run after these.
+written before the plot and early stopping look at the epoch; the report is written last, when the
+test set has been scored. User hooks run after these.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 # Imported for their registration in HOOKS.
-from segtune.engine import budget, checkpoints, ema, eval_hook, log_hooks, run, test_set, val_loss  # noqa: F401
+from segtune.engine import (budget, checkpoints, ema, eval_hook, log_hooks, report_hook, run,  # noqa: F401
+                            test_set, val_loss)
 from segtune.engine.hooks import HOOKS, Hook
 
 #: ``(registry name, on)``: the built-in hooks, in the order they run; ``on(cfg)`` says whether a run has it.
@@ -28,6 +30,7 @@ DEFAULT_HOOKS: list[tuple[str, Callable[[Any], bool]]] = [
     ("tensorboard", lambda cfg: cfg.train.tensorboard),
     ("early_stopping", lambda cfg: cfg.train.early_stop_patience is not None),
     ("test_set", lambda cfg: cfg.data.test_path is not None),
+    ("report", lambda cfg: cfg.train.report),
 ]
 
 

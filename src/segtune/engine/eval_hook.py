@@ -24,6 +24,8 @@ class EvaluationHook(Hook):
 
     name = "evaluation"
 
+    last: EvalReport | None = None
+
     def before_train(self, trainer: Any) -> None:
         self.gt = dataset_ground_truth(trainer.test_ds, trainer.run.classes)
 
@@ -40,3 +42,4 @@ class EvaluationHook(Hook):
         report = self.score(trainer, trainer.model)
         record.update(metrics=report.metrics, per_class=report.per_class, eval_time_s=time.perf_counter() - start,
                       detections=report.num_detections)
+        self.last = report  # its detections, for the report of the best epoch

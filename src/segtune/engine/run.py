@@ -13,11 +13,9 @@ from typing import Any
 from segtune.engine.checkpoints import best_index
 from segtune.engine.hooks import HOOKS, Hook
 from segtune.fileio import check_folder, make_folder, write_json, write_text
+from segtune.run_files import CONFIG_FILE, LOG_FILE, METRICS_CSV, METRICS_JSON, RUN_STATE_FILE, SPLIT_FILE  # noqa: F401
 
 logger = logging.getLogger("segtune.train")
-
-CONFIG_FILE, SPLIT_FILE, LOG_FILE, RUN_STATE_FILE = "config.yaml", "split.json", "train.log", "run.json"
-METRICS_JSON, METRICS_CSV = "metrics.json", "metrics.csv"
 
 
 @dataclass

@@ -30,6 +30,11 @@ class EvalReport:
     num_detections: int = 0
     #: ``{iou_type: {class name: AP}}``
     per_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the COCO results scored (category ids, RLE masks) and the ground truth they were scored against
+    results: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    gt: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the data set evaluated (for a report's pictures and label statistics)
+    dataset: Any = field(default=None, repr=False)
 
     def primary(self) -> float:
         """The AP that ranks checkpoints: see :func:`primary_metric`."""
@@ -170,7 +175,7 @@ def evaluate_model(
             summary.append(line)
             logger.info("%s", line)
     return EvalReport(metrics=metrics, summary=summary, num_images=len(dataset), num_detections=len(results),
-                      per_class=per_class)
+                      per_class=per_class, results=results, gt=gt, dataset=dataset)
 
 
 def evaluate_checkpoint(
