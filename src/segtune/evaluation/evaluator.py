@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,9 +13,12 @@ import torch
 from torch import nn
 
 from segtune.checkpoint import checkpoint_data, load_checkpoint
+from segtune.config import DataConfig
 from segtune.data import build_dataset, build_loader
 from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoints, score, stat_names
+from segtune.errors import CheckpointError
 from segtune.models import model_from_checkpoint
+from segtune.models.exported import exported_format, load_exported
 from segtune.runtime import default_workers, resolve_device, track
 
 logger = logging.getLogger(__name__)
@@ -194,9 +198,11 @@ def evaluate_checkpoint(
         data: the data set folder, if it moved since training (default: the one in the checkpoint).
         split: ``test``, ``train`` or ``all``.
     """
+    dev = resolve_device(device)
+    if exported_format(checkpoint):
+        return _evaluate_exported(checkpoint, data=data, split=split, device=dev, workers=workers)
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
-    dev = resolve_device(device)
     files = None if split == "all" else ckpt.get("split", {}).get(split)
     dataset = build_dataset(checkpoint_data(ckpt, data, split), files=files, train=False)
     logger.info("evaluating %s on %d %s images of %s", ckpt["path"], len(dataset), split, dataset.root)
@@ -205,3 +211,24 @@ def evaluate_checkpoint(
         batch_size=batch_size or cfg.eval.batch_size, workers=default_workers(dev, workers),
         mask_threshold=cfg.eval.mask_threshold,
     )
+
+
+def _evaluate_exported(path: str | os.PathLike, *, data: str | None, split: str, device: torch.device,
+                       workers: int | None) -> EvalReport:
+    """An exported model (ONNX, TorchScript) scored like its checkpoint: on the checkpoint's split and data
+    settings when that checkpoint is still where it was exported from, else on every image of ``data``."""
+    model, meta = load_exported(path, device=device)
+    source = Path(meta.get("checkpoint") or "")
+    if source.is_file():
+        ckpt = load_checkpoint(source)
+        files = None if split == "all" else ckpt.get("split", {}).get(split)
+        data_cfg = checkpoint_data(ckpt, data, split)
+    elif data and split == "all":
+        files, data_cfg = None, DataConfig(path=data)
+    else:
+        raise CheckpointError(f"{path}: its checkpoint {source} is gone, so its {split} split is unknown: give "
+                              "--data PATH --split all")
+    dataset = build_dataset(data_cfg, files=files, train=False)
+    logger.info("evaluating %s (%s) on %d %s images of %s", path, meta["format"], len(dataset), split, dataset.root)
+    return evaluate_model(model, dataset, list(meta["classes"]), device=device, batch_size=1,
+                          workers=default_workers(device, workers), mask_threshold=float(meta["mask_threshold"]))

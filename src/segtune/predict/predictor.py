@@ -19,6 +19,7 @@ from segtune.data.images import IMAGE_EXTENSIONS, load_rgb
 from segtune.errors import DatasetError
 from segtune.evaluation.coco_eval import detections
 from segtune.models import model_from_checkpoint
+from segtune.models.exported import exported_format, load_exported
 from segtune.predict.visualise import draw
 from segtune.runtime import resolve_device
 
@@ -108,7 +109,14 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5) -> Predictor:
-        """Load a segtune checkpoint (a ``.pt`` file or a run folder). Raises ``CheckpointError``."""
+        """Load a segtune checkpoint (a ``.pt`` file or a run folder), or a file written by ``segtune export``
+        (``.onnx``: run by ONNX Runtime; ``.torchscript``). Raises ``CheckpointError``."""
+        if exported_format(path):
+            dev = resolve_device(device)
+            model, meta = load_exported(path, device=dev)
+            return cls(model, meta["classes"], device=dev, score_threshold=score_threshold,
+                       mask_threshold=float(meta["mask_threshold"]), category_ids=meta.get("category_ids"),
+                       keypoint_names=meta.get("keypoint_names"), skeleton=meta.get("skeleton"))
         ckpt = load_checkpoint(path)
         model, cfg = model_from_checkpoint(ckpt)
         return cls(model, ckpt["classes"], device=resolve_device(device), score_threshold=score_threshold,

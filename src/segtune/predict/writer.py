@@ -12,6 +12,7 @@ from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import open_dataset
 from segtune.errors import CheckpointError
 from segtune.fileio import make_folder, write_json
+from segtune.models.exported import exported_format, read_sidecar
 from segtune.predict.predictor import Predictor, expand_inputs
 from segtune.predict.visualise import save_png
 from segtune.runtime import track
@@ -55,6 +56,8 @@ def split_images(checkpoint: str | os.PathLike, split: str, *, data: str | None 
         CheckpointError: the checkpoint holds no such split. DatasetError: the data set cannot be read
             or lacks a file of the split.
     """
+    if exported_format(checkpoint):  # an exported model's split is its checkpoint's
+        checkpoint = read_sidecar(checkpoint).get("checkpoint") or checkpoint
     ckpt = load_checkpoint(checkpoint)
     files = ckpt.get("split", {}).get(split)
     if files is None:

@@ -102,14 +102,15 @@ def _run_section(inputs: ReportInputs, analyses: dict[str, Analysis]) -> str:
 
 def _training_section(inputs: ReportInputs) -> str:
     history, steps = inputs.history, inputs.steps
-    return (
-        page.grid(page.figure(figures.step_losses(steps), "loss terms per optimiser step: faint raw, bold "
-                                                          "moving average (log scale)"))
-        + page.grid(page.figure(figures.epoch_losses(history), "loss terms per epoch (dashed: validation loss)"),
-                    page.figure(figures.learning_rate(steps, history), "learning rate"))
-        + page.grid(page.figure(figures.ap_per_epoch(history, inputs.best_epoch),
-                                "AP, AP50, AP75 per epoch (dotted: the best epoch)"))
-    )
+    body = page.grid(page.figure(figures.step_losses(steps), "loss terms per optimiser step: faint raw, bold "
+                                                             "moving average (log scale)"),
+                     page.figure(figures.learning_rate(steps, history), "learning rate"))
+    if len(history) < 2:  # one point a curve says nothing: the table of the run section has its numbers
+        return body + '<p class="note">One epoch: no curves per epoch (its AP is in the table above).</p>'
+    return body + page.grid(
+        page.figure(figures.epoch_losses(history), "loss terms per epoch (dashed: validation loss)"),
+        page.figure(figures.ap_per_epoch(history, inputs.best_epoch), "AP, AP50, AP75 per epoch (dotted: the best "
+                                                                      "epoch)"))
 
 
 def _quality_section(analysis: Analysis) -> str:

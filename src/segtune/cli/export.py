@@ -1,0 +1,40 @@
+"""``segtune export``: a checkpoint's model as an ONNX or TorchScript file (with a sidecar JSON), checked."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from segtune.export import FORMATS, export_model
+from segtune.export.exporter import DEFAULT_OPSET
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="write the model as ONNX or TorchScript, checked against the checkpoint",
+                       description="Export a checkpoint's model to a file that takes one RGB image (float32 "
+                       "[3, H, W] in 0..1, any size) and returns boxes, labels, scores and masks pasted to the "
+                       "image, with a sidecar JSON (class names, category ids, thresholds, input sizes). The file "
+                       "is loaded back and run beside the checkpoint's model on a sample image. segtune predict "
+                       "and evaluate take the file in place of the checkpoint.")
+    p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
+    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (run by ONNX Runtime) or torchscript")
+    p.add_argument("--out", help="the file to write (default: beside the checkpoint, e.g. weights/best.onnx)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
+    p.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], default="auto",
+                   help="ONNX: auto (the dynamo exporter, else the TorchScript-based one), dynamo, or legacy "
+                   "(TorchScript-based only)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = export_model(args.checkpoint, args.format, out=args.out, opset=args.opset, exporter=args.exporter)
+    parity = result.parity
+    print(f"exported {result.path} ({result.format}, {result.exporter} exporter, {result.size_mb:.1f} MB, "
+          f"{result.seconds:.1f} s); sidecar {result.sidecar}")
+    for note in result.notes:
+        print(f"note: {note}")
+    verdict = "parity passed" if parity.ok else "PARITY FAILED: " + "; ".join(parity.problems)
+    print(f"check on a sample image: {parity.matched} of {parity.reference} detections matched, boxes within "
+          f"{parity.max_box_px:.3g} px, scores within {parity.max_score:.2g}, mask IoU >= {parity.min_mask_iou:.3f}: "
+          f"{verdict}")
+    return 0 if parity.ok else 1

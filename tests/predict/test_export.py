@@ -1,0 +1,111 @@
+"""segtune export: ONNX (run by ONNX Runtime) and TorchScript files that give the eager model's detections
+(compared as sets), a sidecar that makes the file usable alone, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segtune.cli.main import main
+from segtune.engine import configure, train
+from segtune.export import compare, export_model
+from segtune.predict import Predictor
+from tests.conftest import TINY_MODEL, make_mask_folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Mask R-CNN trained for a few steps on synthetic images of two sizes (so it detects something)."""
+    root = tmp_path_factory.mktemp("export")
+    data = make_mask_folder(root / "data", n=10)
+    cfg = configure(("test", {
+        "data.path": str(data), "data.test_size": 3, "train.out": str(root / "run"), "train.device": "cpu",
+        "train.epochs": 1, "train.max_iters_per_epoch": 4, "train.batch_size": 2, "train.lr": 0.002,
+        "train.clip_grad_norm": 5.0, "train.tensorboard": False, "train.val_loss": False, "train.augment": [],
+        "train.report": False, **TINY_MODEL}))
+    return train(cfg).run_dir
+
+
+def _images(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(1)
+    paths = []
+    for k, (h, w) in enumerate([(72, 96), (120, 80), (61, 143)]):
+        pixels = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+        pixels[10:40, 12:50] = (200, 90, 40)
+        paths.append(tmp_path / f"im{k}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    paths.append(tmp_path / "blank.png")  # an image with nothing on it
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_an_exported_model_gives_the_eager_detections(run_dir: Path, tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"model.{fmt}"
+    result = export_model(run_dir, fmt, out=out, exporter="legacy")
+    assert result.path == out and out.is_file() and result.parity.ok, result.parity.problems
+    meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
+    assert meta["classes"] == ["pedestrian"] and meta["format"] == fmt and meta["outputs"][-1] == "masks"
+    eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0)
+    exported = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.0)
+    compared = 0
+    for path in _images(tmp_path):
+        a, b = eager(path).raw, exported(path).raw
+        assert b["masks"].shape[-2:] == a["masks"].shape[-2:]  # pasted to the image's own size
+        parity = compare(a, b, score_threshold=0.05)
+        assert parity.ok, (path.name, parity.problems)
+        compared += parity.matched
+    assert compared > 0  # the check compared real detections, not only empty sets
+
+
+def test_an_exported_model_evaluates_as_its_checkpoint_does(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    export_model(run_dir, "onnx", out=out, exporter="legacy")
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "eager.json")]) == 0
+    assert main(["evaluate", str(out), "--out", str(tmp_path / "onnx.json")]) == 0
+    eager = json.loads((tmp_path / "eager.json").read_text())["metrics"]
+    onnx = json.loads((tmp_path / "onnx.json").read_text())["metrics"]
+    for iou_type in ("bbox", "segm"):
+        assert abs(eager[iou_type]["AP"] - onnx[iou_type]["AP"]) <= 0.005
+        assert abs(eager[iou_type]["AP50"] - onnx[iou_type]["AP50"]) <= 0.005
+
+
+def test_the_cli_exports_beside_the_checkpoint_and_predict_takes_the_file(run_dir: Path, tmp_path: Path,
+                                                                           capsys) -> None:
+    assert main(["export", str(run_dir), "--format", "onnx", "--exporter", "legacy"]) == 0
+    assert "parity passed" in capsys.readouterr().out
+    onnx = run_dir / "weights" / "best.onnx"
+    assert onnx.is_file() and (run_dir / "weights" / "best.onnx.json").is_file()
+    assert main(["predict", str(onnx), *map(str, _images(tmp_path)[:2]), "--out", str(tmp_path / "preds"),
+                 "--score-threshold", "0.0"]) == 0
+    assert json.loads((tmp_path / "preds" / "predictions.json").read_text())
+
+
+def test_bad_export_input_gets_a_clear_error(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "missing" / "m.onnx")]) != 0
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "m.torchscript")]) != 0  # onnx into another suffix
+    assert ".onnx" in capsys.readouterr().err
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(b"not onnx")
+    assert main(["predict", str(foreign), str(_images(tmp_path)[0]), "--out", str(tmp_path / "p")]) != 0
+    assert "sidecar" in capsys.readouterr().err
+    (tmp_path / "foreign.onnx.json").write_text(json.dumps({"exported_by": "segtune", "sidecar_version": 99}))
+    assert main(["predict", str(foreign), str(_images(tmp_path)[0]), "--out", str(tmp_path / "p")]) != 0
+    err = capsys.readouterr().err
+    assert "sidecar version 99" in err and "Traceback" not in err
+    assert not list(tmp_path.glob(".m.*"))  # nothing half-written left behind
+
+
+def test_a_torch_tensor_in_gives_the_same_as_a_file(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.torchscript"
+    export_model(run_dir, "torchscript", out=out)
+    module = torch.jit.load(str(out))
+    image = torch.rand(3, 70, 90)
+    losses, detections = module([image])
+    assert set(detections[0]) >= {"boxes", "labels", "scores", "masks"}
