@@ -20,6 +20,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", default="preds", help="output folder (default: preds)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default: 0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (a checkpoint's eager model; "
+                   "exported files take one at a time) (default: 1)")
+    p.add_argument("--overwrite", action="store_true", help="predict again on images that already have a picture "
+                   "in --out (default: skip them and keep their results: an interrupted run resumes)")
+    p.add_argument("--save-masks", action="store_true", help="also write masks/<name>.png per image: pixel k = "
+                   "instance k (the Penn-Fudan layout: correct them and train on them)")
     p.set_defaults(run=run)
 
 
@@ -30,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if not inputs:
         raise ConfigError("predict needs image files, folders or globs, or --split test")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
-    summary = predict_to_folder(predictor, inputs, args.out)
+    summary = predict_to_folder(predictor, inputs, args.out, overwrite=args.overwrite, save_masks=args.save_masks,
+                                batch_size=args.batch_size)
     print(f"{len(summary.pictures)} pictures in {summary.out_dir}/; {summary.num_detections} detections "
-          f"(score >= {args.score_threshold}) in {summary.results_file}")
+          f"(score >= {args.score_threshold}) in {summary.results_file}"
+          + (f"; {len(summary.skipped)} unreadable images skipped" if summary.skipped else ""))
     return 0

@@ -68,7 +68,10 @@ class Prediction:
         return detections(image_id, keep, mask_threshold=mask_threshold)
 
 
-def to_uint8_chw(image: ImageInput) -> torch.Tensor:
+def to_uint8_chw(image: ImageInput | torch.Tensor) -> torch.Tensor:
+    """``image`` (a file, PIL image, HWC array, or a uint8[3, H, W] tensor as is) as uint8[3, H, W]."""
+    if isinstance(image, torch.Tensor):
+        return image
     if isinstance(image, (str, os.PathLike)):
         array = load_rgb(image)
     elif isinstance(image, Image.Image):

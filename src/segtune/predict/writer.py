@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import open_dataset
-from segtune.errors import CheckpointError
-from segtune.fileio import make_folder, write_json
+from segtune.errors import CheckpointError, DatasetError
+from segtune.fileio import atomic_write, make_folder, write_json
 from segtune.models.exported import exported_format, read_sidecar
-from segtune.predict.predictor import Predictor, expand_inputs
+from segtune.predict.predictor import Predictor, expand_inputs, to_uint8_chw
 from segtune.predict.visualise import save_png
 from segtune.runtime import track
 
 logger = logging.getLogger(__name__)
 
 RESULTS_FILE = "predictions.json"
+#: Images between two rewrites of the results file (so it is valid whenever a long run stops).
+SAVE_EVERY = 50
 
 
 @dataclass
@@ -28,6 +34,7 @@ class PredictSummary:
     pictures: list[Path]
     results_file: Path
     num_detections: int
+    skipped: list[str] = field(default_factory=list)  # inputs that could not be read
 
 
 def _picture_names(paths: list[Path]) -> list[str]:
@@ -67,28 +74,84 @@ def split_images(checkpoint: str | os.PathLike, split: str, *, data: str | None 
     return [dataset.image_path(i) for i in range(len(dataset))]
 
 
-def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os.PathLike) -> PredictSummary:
+def _load_previous(path: Path) -> list[dict[str, Any]]:
+    """The results a previous run into the same folder wrote (none when absent or unreadable)."""
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return previous if isinstance(previous, list) else []
+
+
+def instance_png(masks: Any, height: int, width: int) -> Image.Image:
+    """One PNG of instance ids: pixel k is instance k (1-based, in score order), 0 background; the
+    Penn-Fudan mask layout, so predictions can be corrected and trained on. 16-bit past 255 instances."""
+    ids = np.zeros((height, width), dtype=np.uint16 if masks is not None and len(masks) > 255 else np.uint8)
+    if masks is not None:
+        for k in range(len(masks) - 1, -1, -1):  # the highest score wins where masks overlap
+            ids[masks[k].numpy()] = k + 1
+    return Image.fromarray(ids)
+
+
+def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os.PathLike, *,
+                      overwrite: bool = False, save_masks: bool = False, batch_size: int = 1,
+                      save_every: int = SAVE_EVERY) -> PredictSummary:
     """Predict on files, folders or globs; write pictures and ``predictions.json`` into ``out_dir``.
 
     ``predictions.json`` is a COCO results list; each entry also has ``file_name`` (the input path)
-    and ``category_name``. ``image_id`` is the input's position in the expanded list.
+    and ``category_name``. ``image_id`` is the input's position in the expanded list. For thousands of
+    images: an unreadable file is skipped with one warning (and counted); an image whose picture is
+    already in ``out_dir`` is skipped and its earlier results kept (``overwrite`` redoes it); the
+    results file is rewritten atomically every ``save_every`` images, so it is valid whenever the
+    run stops. ``save_masks``: ``masks/<name>.png`` of instance ids per image (see :func:`instance_png`).
     """
     paths = expand_inputs(inputs)
     out = make_folder(out_dir, what="output folder (--out)")
-    results: list[dict[str, Any]] = []
-    pictures = []
-    for image_id, (path, name) in enumerate(track(list(zip(paths, _picture_names(paths))), total=len(paths),
-                                                  desc="predict")):
-        pred = predictor(path)
-        for entry in pred.to_coco(image_id, predictor.mask_threshold):
-            entry["file_name"] = str(path)
-            label = entry["category_id"]
-            entry["category_name"] = predictor.name(label)
-            entry["category_id"] = predictor.category_id(label)
-            results.append(entry)
-        save_png(pred.draw(), out / name)
-        pictures.append(out / name)
+    if save_masks:
+        make_folder(out / "masks", what="masks folder")
+    names = _picture_names(paths)
+    previous = [] if overwrite else _load_previous(out / RESULTS_FILE)
+    done = {i for i, name in enumerate(names) if not overwrite and (out / name).is_file()}
+    results = [r for r in previous if r.get("image_id") in done and r.get("file_name") == str(paths[r["image_id"]])]
+    pictures = [out / names[i] for i in sorted(done)]
+    skipped: list[str] = []
+    todo = [i for i in range(len(paths)) if i not in done]
+    if done:
+        logger.info("predict: %d of %d images already have pictures in %s: skipped (--overwrite redoes them)",
+                    len(done), len(paths), out)
+    batches = [todo[k:k + max(1, batch_size)] for k in range(0, len(todo), max(1, batch_size))]
+    since_save = 0
+    for batch in track(batches, total=len(batches), desc="predict", every=max(1, len(batches) // 20)):
+        readable = []
+        for i in batch:
+            try:
+                readable.append((i, to_uint8_chw(paths[i])))
+            except DatasetError as e:
+                logger.warning("predict: skipped %s (%s)", paths[i], e)
+                skipped.append(str(paths[i]))
+        if not readable:
+            continue
+        for (i, tensor), pred in zip(readable, predictor.predict_batch([t for _, t in readable])):
+            for entry in pred.to_coco(i, predictor.mask_threshold):
+                entry["file_name"] = str(paths[i])
+                label = entry["category_id"]
+                entry["category_name"] = predictor.name(label)
+                entry["category_id"] = predictor.category_id(label)
+                results.append(entry)
+            if save_masks:
+                mask_png = instance_png(pred.masks, *tensor.shape[1:])
+                atomic_write(out / "masks" / names[i], lambda f, im=mask_png: im.save(f, format="PNG"), binary=True)
+            save_png(pred.draw(), out / names[i])  # last: a picture means this image is done
+            pictures.append(out / names[i])
+        since_save += len(readable)
+        if since_save >= save_every:
+            write_json(out / RESULTS_FILE, sorted(results, key=lambda r: r["image_id"]))
+            since_save = 0
+    results.sort(key=lambda r: r["image_id"])
     results_file = write_json(out / RESULTS_FILE, results)
-    logger.info("predicted %d images: %d detections above score %.2f", len(paths), len(results),
+    if skipped:
+        logger.warning("predict: %d of %d images could not be read and were skipped", len(skipped), len(paths))
+    logger.info("predicted %d images: %d detections above score %.2f", len(pictures), len(results),
                 predictor.score_threshold)
-    return PredictSummary(out_dir=out, pictures=pictures, results_file=results_file, num_detections=len(results))
+    return PredictSummary(out_dir=out, pictures=sorted(pictures), results_file=results_file,
+                          num_detections=len(results), skipped=skipped)
