@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -84,6 +85,14 @@ def _sidecar(ckpt: dict[str, Any], cfg: Any, model: torch.nn.Module, fmt: str, o
     }
 
 
+def _root_cause(error: BaseException) -> str:
+    """The innermost cause of an exporter's error, in one line (torch wraps the real one in several layers)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    lines = [line.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", str(error)).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0][:240] if lines else ''}".rstrip(": ")
+
+
 def _export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, outputs: list[str], opset: int,
                  exporter: str, notes: list[str]) -> str:
     if exporter in ("auto", "dynamo"):  # "legacy": straight to the TorchScript-based exporter
@@ -95,10 +104,10 @@ def _export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, outpu
                                   dynamic_shapes=None)
             return "dynamo"
         except Exception as e:  # noqa: BLE001  (any failure of the new exporter falls back to the old one)
-            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            reason = _root_cause(e)
             if exporter == "dynamo":
                 raise CheckpointError(f"the dynamo ONNX exporter fails on this model: {reason}") from None
-            notes.append(f"dynamo exporter failed ({type(e).__name__}: {reason}); used the TorchScript-based one")
+            notes.append(f"dynamo exporter failed ({reason}); used the TorchScript-based one")
             logger.info("export: %s", notes[-1])
     axes = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in outputs}}
     if "masks" in outputs:
