@@ -48,6 +48,13 @@ def make_mask_folder(root: Path, n: int = 6, size: tuple[int, int] = (72, 96), e
     return root
 
 
+def short_run_settings(data: Path, out: Path, **extra) -> dict:
+    """Settings of a few-step Mask R-CNN run on a synthetic data set (low lr and clipping: random weights)."""
+    return {"data.path": str(data), "train.out": str(out), "train.device": "cpu", "train.epochs": 1,
+            "train.max_iters_per_epoch": 2, "train.batch_size": 2, "train.lr": 0.002, "train.clip_grad_norm": 5.0,
+            "train.tensorboard": False, "train.val_loss": False, "train.augment": [], **TINY_MODEL, **extra}
+
+
 @pytest.fixture(autouse=True)
 def _no_report_outside_its_tests(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training runs in this process write no report.html except in tests/report (and test_hooks, which

@@ -15,7 +15,7 @@ from segtune.cli.main import main
 from segtune.engine import configure, train
 from segtune.export import compare, export_model
 from segtune.predict import Predictor
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import make_mask_folder, short_run_settings
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Mask R-CNN trained for a few steps on synthetic images of two sizes (so it detects something)."""
     root = tmp_path_factory.mktemp("export")
     data = make_mask_folder(root / "data", n=10)
-    cfg = configure(("test", {
-        "data.path": str(data), "data.test_size": 3, "train.out": str(root / "run"), "train.device": "cpu",
-        "train.epochs": 1, "train.max_iters_per_epoch": 4, "train.batch_size": 2, "train.lr": 0.002,
-        "train.clip_grad_norm": 5.0, "train.tensorboard": False, "train.val_loss": False, "train.augment": [],
-        "train.report": False, **TINY_MODEL}))
+    cfg = configure(("test", short_run_settings(data, root / "run", **{
+        "data.test_size": 3, "train.max_iters_per_epoch": 4, "train.report": False})))
     return train(cfg).run_dir
 
 

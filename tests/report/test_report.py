@@ -11,7 +11,7 @@ import pytest
 from segtune.cli.main import main
 from segtune.engine import configure, train
 from segtune.report import page as page_module
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import make_mask_folder, short_run_settings
 
 from .browser import check_screenshot
 
@@ -23,11 +23,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch Mask R-CNN run on 12 synthetic images (5 in the test split), two gallery pictures a page."""
     root = tmp_path_factory.mktemp("report")
     data = make_mask_folder(root / "data", n=12)
-    cfg = configure(("test", {
-        "data.path": str(data), "data.test_size": 5, "train.out": str(root / "run"), "train.device": "cpu",
-        "train.epochs": 1, "train.max_iters_per_epoch": 2, "train.batch_size": 2, "train.lr": 0.002,
-        "train.clip_grad_norm": 5.0, "train.tensorboard": False, "train.val_loss": False, "train.augment": [],
-        **TINY_MODEL}))
+    cfg = configure(("test", short_run_settings(data, root / "run", **{"data.test_size": 5})))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(page_module, "PAGE_SIZE", 2)
         result = train(cfg)
@@ -97,8 +93,6 @@ def test_the_report_at_the_end_of_a_run_reads_no_annotation_file_again(tmp_path:
     calls = []
     read = coco_module._read_json
     monkeypatch.setattr(coco_module, "_read_json", lambda p: calls.append(Path(p)) or read(p))
-    result = train(configure(("test", {
-        "data.path": str(path), "train.out": str(tmp_path / "run"), "train.epochs": 1, "train.max_iters_per_epoch": 1,
-        "data.test_size": 2, "train.batch_size": 2, "train.tensorboard": False, "train.val_loss": False,
-        **TINY_MODEL})))
+    result = train(configure(("test", short_run_settings(path, tmp_path / "run", **{
+        "train.max_iters_per_epoch": 1, "data.test_size": 2}))))
     assert (result.run_dir / "report.html").is_file() and calls == [path]
