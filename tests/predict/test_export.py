@@ -106,3 +106,24 @@ def test_a_torch_tensor_in_gives_the_same_as_a_file(run_dir: Path, tmp_path: Pat
     image = torch.rand(3, 70, 90)
     losses, detections = module([image])
     assert set(detections[0]) >= {"boxes", "labels", "scores", "masks"}
+
+
+@pytest.mark.parametrize("model", ["fasterrcnn_resnet50_fpn", "cpu-scratch"])
+def test_a_detection_only_model_and_the_cpu_recipe_export_with_parity(tmp_path: Path, pennfudan: Path,
+                                                                       model: str) -> None:
+    data = make_mask_folder(tmp_path / "data", n=6)
+    settings = short_run_settings(data, tmp_path / "run", **{"data.test_size": 2, "train.max_iters_per_epoch": 1,
+                                                              "train.report": False})
+    settings.update({"train.preset": "cpu-scratch"} if model == "cpu-scratch" else {"model.name": model})
+    run = train(configure(("test", settings))).run_dir
+    images = sorted((pennfudan / "PNGImages").glob("*.png"))[:3] + [_images(tmp_path)[-1]]  # + a blank image
+    eager = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0)
+    for fmt in ("onnx", "torchscript"):
+        out = tmp_path / f"m.{fmt}"
+        assert export_model(run, fmt, out=out, exporter="legacy").parity.ok
+        exported = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.0)
+        for path in images:
+            a, b = eager(path).raw, exported(path).raw
+            assert ("masks" in b) == (model == "cpu-scratch")
+            parity = compare(a, b, score_threshold=0.05)
+            assert parity.ok, (fmt, path.name, parity.problems)
