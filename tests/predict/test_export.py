@@ -127,3 +127,20 @@ def test_a_detection_only_model_and_the_cpu_recipe_export_with_parity(tmp_path: 
             assert ("masks" in b) == (model == "cpu-scratch")
             parity = compare(a, b, score_threshold=0.05)
             assert parity.ok, (fmt, path.name, parity.problems)
+
+
+def test_segtune_benchmark_prints_every_path_and_writes_json(run_dir: Path, capsys) -> None:
+    assert main(["benchmark", str(run_dir), "--images", "1"]) == 0
+    table = capsys.readouterr().out
+    rows = json.loads((run_dir / "benchmark.json").read_text())["rows"]
+    assert [r["path"] for r in rows] == ["eager", "eager-bf16", "torchscript", "onnx"]
+    for r in rows:
+        assert f"| {r['path']} |" in table
+        if r["path"] in ("torchscript", "onnx"):
+            assert r["status"] == "parity passed" and r["size_mb"] > 0
+        if r["status"] in ("ok", "parity passed"):
+            assert r["bbox_ap"] is not None and r["segm_ap"] is not None and r["ms_per_image"] > 0
+        else:
+            assert r["path"] == "eager-bf16" and r["status"].startswith("skipped: this CPU has no native")
+    eager, onnx = rows[0], rows[-1]
+    assert abs(eager["segm_ap"] - onnx["segm_ap"]) <= 0.005

@@ -12,6 +12,7 @@ import traceback
 import warnings
 
 from segtune.version import __version__
+from segtune.cli import benchmark as benchmark_cmd
 from segtune.cli import data as data_cmd
 from segtune.cli import evaluate as evaluate_cmd
 from segtune.cli import export as export_cmd
@@ -22,7 +23,7 @@ from segtune.cli import train as train_cmd
 from segtune.errors import SegtuneError
 from segtune.runtime import is_terminal
 
-COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, export_cmd, report_cmd, data_cmd, models_cmd)
+COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, export_cmd, benchmark_cmd, report_cmd, data_cmd, models_cmd)
 
 
 class _TqdmSafeHandler(logging.StreamHandler):

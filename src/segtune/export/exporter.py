@@ -13,6 +13,8 @@ sample image; detections are compared as sets (:mod:`segtune.export.parity`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -97,13 +99,15 @@ def _export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, outpu
                  exporter: str, notes: list[str]) -> str:
     if exporter in ("auto", "dynamo"):  # "legacy": straight to the TorchScript-based exporter
         try:
-            with warnings.catch_warnings():
+            # The dynamo exporter prints its progress on stdout; it goes to the debug log instead.
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as chatter:
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, ([sample],), str(path), dynamo=True, opset_version=max(opset, 18),
                                   input_names=["image"], output_names=outputs,
                                   dynamic_shapes=None)
             return "dynamo"
         except Exception as e:  # noqa: BLE001  (any failure of the new exporter falls back to the old one)
+            logger.debug("dynamo exporter said: %s", chatter.getvalue())
             reason = _root_cause(e)
             if exporter == "dynamo":
                 raise CheckpointError(f"the dynamo ONNX exporter fails on this model: {reason}") from None
