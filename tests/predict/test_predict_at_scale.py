@@ -50,7 +50,7 @@ def test_an_unreadable_image_is_skipped_named_and_counted(predictor, folder, tmp
     assert summary.skipped == [str(folder / "broken.png")]
     assert len(summary.pictures) == 5 and all(p.is_file() for p in summary.pictures)
     assert {r["file_name"] for r in _results(tmp_path / "out")} <= {str(folder / f"im{k}.png") for k in range(5)}
-    assert "broken.png" in caplog.text and "1 of 6 images could not be read" in caplog.text
+    assert "broken.png" in caplog.text and "1 of 6 inputs could not be read" in caplog.text
 
 
 def test_an_interrupted_run_resumes_and_keeps_what_it_had(predictor, folder, tmp_path, monkeypatch) -> None:
@@ -105,5 +105,39 @@ def test_masks_are_written_as_instance_id_pngs(predictor, folder, tmp_path) -> N
 def test_the_cli_counts_skipped_images(predictor, folder, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: predictor))
     assert main(["predict", "ckpt.pt", str(folder), "--out", str(tmp_path / "out"), "--save-masks"]) == 0
-    assert "1 unreadable images skipped" in capsys.readouterr().out
+    assert "1 unreadable inputs skipped" in capsys.readouterr().out
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 5
+
+
+def _write_video(path: Path, frames: int = 10) -> Path:
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 80, 64, "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_video_gives_an_annotated_video_and_per_frame_results(predictor, tmp_path, capsys, monkeypatch) -> None:
+    import av
+
+    video = _write_video(tmp_path / "clip.avi")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: predictor))
+    out = tmp_path / "out"
+    assert main(["predict", "ckpt.pt", str(video), str(broken), "--out", str(out), "--vid-stride", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 frames annotated" in printed and "1 unreadable inputs skipped" in printed
+    with av.open(str(out / "clip.mp4")) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 4  # frames 0, 3, 6, 9
+    results = json.loads((out / "clip.frames.json").read_text())
+    assert results and {r["frame"] for r in results} <= {0, 3, 6, 9}
+    assert not (out / "broken.mp4").exists() and not list(out.glob(".*.tmp")) and not list(out.glob(".broken*"))

@@ -11,8 +11,9 @@ from segtune.predict import Predictor, predict_to_folder, split_images
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("predict", help="draw and save predictions for images",
-                       description="Predict on image files, folders or globs (or the run's test split) and "
-                       "write one picture per image plus predictions.json (COCO results).")
+                       description="Predict on image files, videos, folders or globs (or the run's test split) and "
+                       "write one picture per image plus predictions.json (COCO results), and per video an "
+                       "annotated video plus its per-frame results.")
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
     p.add_argument("inputs", nargs="*", help="image files, folders, or glob patterns")
     p.add_argument("--split", choices=["test", "train"], help="predict on this split of the run's data set instead")
@@ -26,6 +27,8 @@ def add_parser(sub: Any) -> None:
                    "in --out (default: skip them and keep their results: an interrupted run resumes)")
     p.add_argument("--save-masks", action="store_true", help="also write masks/<name>.png per image: pixel k = "
                    "instance k (the Penn-Fudan layout: correct them and train on them)")
+    p.add_argument("--vid-stride", type=int, default=1, help="videos (.mp4, .avi, .mov, ...): predict on every "
+                   "N-th frame (default: 1, every frame)")
     p.set_defaults(run=run)
 
 
@@ -37,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("predict needs image files, folders or globs, or --split test")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
     summary = predict_to_folder(predictor, inputs, args.out, overwrite=args.overwrite, save_masks=args.save_masks,
-                                batch_size=args.batch_size)
+                                batch_size=args.batch_size, vid_stride=args.vid_stride)
     print(f"{len(summary.pictures)} pictures in {summary.out_dir}/; {summary.num_detections} detections "
           f"(score >= {args.score_threshold}) in {summary.results_file}"
-          + (f"; {len(summary.skipped)} unreadable images skipped" if summary.skipped else ""))
+          + (f"; {len(summary.skipped)} unreadable inputs skipped" if summary.skipped else ""))
+    for video in summary.videos:
+        print(f"{video.video}: {video.frames} frames annotated; {video.num_detections} detections in {video.results_file}")
     return 0

@@ -20,6 +20,7 @@ from segtune.errors import DatasetError
 from segtune.evaluation.coco_eval import detections
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import exported_format, load_exported
+from segtune.predict.video import VIDEO_EXTENSIONS
 from segtune.predict.visualise import draw
 from segtune.runtime import resolve_device
 
@@ -163,9 +164,9 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
             if not found:
-                raise DatasetError(f"{p}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+                raise DatasetError(f"{p}: folder holds no images or videos ({', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)})")
             paths.extend(found)
         elif p.is_file():
             paths.append(p)

@@ -18,6 +18,7 @@ from segtune.errors import CheckpointError, DatasetError
 from segtune.fileio import atomic_write, make_folder, write_json
 from segtune.models.exported import exported_format, read_sidecar
 from segtune.predict.predictor import Predictor, expand_inputs, to_uint8_chw
+from segtune.predict.video import is_video, predict_video
 from segtune.predict.visualise import save_png
 from segtune.runtime import track
 
@@ -35,6 +36,7 @@ class PredictSummary:
     results_file: Path
     num_detections: int
     skipped: list[str] = field(default_factory=list)  # inputs that could not be read
+    videos: list[Any] = field(default_factory=list)  # a VideoSummary per video predicted on
 
 
 def _picture_names(paths: list[Path]) -> list[str]:
@@ -95,7 +97,7 @@ def instance_png(masks: Any, height: int, width: int) -> Image.Image:
 
 def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os.PathLike, *,
                       overwrite: bool = False, save_masks: bool = False, batch_size: int = 1,
-                      save_every: int = SAVE_EVERY) -> PredictSummary:
+                      save_every: int = SAVE_EVERY, vid_stride: int = 1) -> PredictSummary:
     """Predict on files, folders or globs; write pictures and ``predictions.json`` into ``out_dir``.
 
     ``predictions.json`` is a COCO results list; each entry also has ``file_name`` (the input path)
@@ -104,9 +106,19 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
     already in ``out_dir`` is skipped and its earlier results kept (``overwrite`` redoes it); the
     results file is rewritten atomically every ``save_every`` images, so it is valid whenever the
     run stops. ``save_masks``: ``masks/<name>.png`` of instance ids per image (see :func:`instance_png`).
+    Videos among the inputs go to :func:`~segtune.predict.video.predict_video` (every ``vid_stride``-th frame).
     """
     paths = expand_inputs(inputs)
     out = make_folder(out_dir, what="output folder (--out)")
+    skipped: list[str] = []
+    videos = []
+    for video in [p for p in paths if is_video(p)]:
+        try:
+            videos.append(predict_video(predictor, video, out, vid_stride=vid_stride))
+        except DatasetError as e:
+            logger.warning("predict: skipped %s (%s)", video, e)
+            skipped.append(str(video))
+    paths = [p for p in paths if not is_video(p)]
     if save_masks:
         make_folder(out / "masks", what="masks folder")
     names = _picture_names(paths)
@@ -114,7 +126,6 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
     done = {i for i, name in enumerate(names) if not overwrite and (out / name).is_file()}
     results = [r for r in previous if r.get("image_id") in done and r.get("file_name") == str(paths[r["image_id"]])]
     pictures = [out / names[i] for i in sorted(done)]
-    skipped: list[str] = []
     todo = [i for i in range(len(paths)) if i not in done]
     if done:
         logger.info("predict: %d of %d images already have pictures in %s: skipped (--overwrite redoes them)",
@@ -150,8 +161,9 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
     results.sort(key=lambda r: r["image_id"])
     results_file = write_json(out / RESULTS_FILE, results)
     if skipped:
-        logger.warning("predict: %d of %d images could not be read and were skipped", len(skipped), len(paths))
+        logger.warning("predict: %d of %d inputs could not be read and were skipped", len(skipped),
+                       len(paths) + len(videos) + len([s for s in skipped if is_video(s)]))
     logger.info("predicted %d images: %d detections above score %.2f", len(pictures), len(results),
                 predictor.score_threshold)
     return PredictSummary(out_dir=out, pictures=sorted(pictures), results_file=results_file,
-                          num_detections=len(results), skipped=skipped)
+                          num_detections=len(results), skipped=skipped, videos=videos)
