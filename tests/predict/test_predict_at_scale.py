@@ -104,9 +104,16 @@ def test_masks_are_written_as_instance_id_pngs(predictor, folder, tmp_path) -> N
 
 def test_the_cli_counts_skipped_images(predictor, folder, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(Predictor, "from_checkpoint", classmethod(lambda cls, *a, **k: predictor))
-    assert main(["predict", "ckpt.pt", str(folder), "--out", str(tmp_path / "out"), "--save-masks"]) == 0
+    assert main(["predict", "ckpt.pt", str(folder), "--out", str(tmp_path / "out"), "--save-masks",
+                 "--save-crops"]) == 0
     assert "1 unreadable inputs skipped" in capsys.readouterr().out
     assert len(list((tmp_path / "out" / "masks").glob("*.png"))) == 5
+    results = _results(tmp_path / "out")
+    crops = sorted((tmp_path / "out" / "crops" / "thing").glob("*.jpg"))
+    assert len(crops) == len(results)  # one per detection
+    first = next(r for r in results if r["file_name"].endswith("im0.png"))
+    with Image.open(tmp_path / "out" / "crops" / "thing" / "im0_0.jpg") as crop:
+        assert abs(crop.width - first["bbox"][2]) <= 2 and abs(crop.height - first["bbox"][3]) <= 2
 
 
 def _write_video(path: Path, frames: int = 10) -> Path:

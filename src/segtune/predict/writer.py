@@ -95,9 +95,20 @@ def instance_png(masks: Any, height: int, width: int) -> Image.Image:
     return Image.fromarray(ids)
 
 
+def _write_crops(image: Any, pred: Any, folder: Path, stem: str) -> None:
+    """Each detection's box cut out of ``image`` (uint8[3, H, W]) as ``folder/<class>/<stem>_<k>.jpg``."""
+    height, width = image.shape[1:]
+    for k, (box, name) in enumerate(zip(pred.boxes.tolist(), pred.names)):
+        x0, y0 = max(0, int(box[0])), max(0, int(box[1]))
+        x1, y1 = min(width, max(x0 + 1, int(round(box[2])))), min(height, max(y0 + 1, int(round(box[3]))))
+        crop = Image.fromarray(image[:, y0:y1, x0:x1].permute(1, 2, 0).numpy())
+        target = make_folder(folder / name.replace("/", "_"), what="crops folder") / f"{stem}_{k}.jpg"
+        atomic_write(target, lambda f, im=crop: im.save(f, format="JPEG", quality=90), binary=True)
+
+
 def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os.PathLike, *,
                       overwrite: bool = False, save_masks: bool = False, batch_size: int = 1,
-                      save_every: int = SAVE_EVERY, vid_stride: int = 1) -> PredictSummary:
+                      save_every: int = SAVE_EVERY, vid_stride: int = 1, save_crops: bool = False) -> PredictSummary:
     """Predict on files, folders or globs; write pictures and ``predictions.json`` into ``out_dir``.
 
     ``predictions.json`` is a COCO results list; each entry also has ``file_name`` (the input path)
@@ -106,6 +117,7 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
     already in ``out_dir`` is skipped and its earlier results kept (``overwrite`` redoes it); the
     results file is rewritten atomically every ``save_every`` images, so it is valid whenever the
     run stops. ``save_masks``: ``masks/<name>.png`` of instance ids per image (see :func:`instance_png`).
+    ``save_crops``: ``crops/<class>/<name>_<k>.jpg``, each detection's box cut out of the image.
     Videos among the inputs go to :func:`~segtune.predict.video.predict_video` (every ``vid_stride``-th frame).
     """
     paths = expand_inputs(inputs)
@@ -149,6 +161,8 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
                 entry["category_name"] = predictor.name(label)
                 entry["category_id"] = predictor.category_id(label)
                 results.append(entry)
+            if save_crops:
+                _write_crops(tensor, pred, out / "crops", Path(names[i]).stem)
             if save_masks:
                 mask_png = instance_png(pred.masks, *tensor.shape[1:])
                 atomic_write(out / "masks" / names[i], lambda f, im=mask_png: im.save(f, format="PNG"), binary=True)
