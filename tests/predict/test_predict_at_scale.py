@@ -148,3 +148,23 @@ def test_a_video_gives_an_annotated_video_and_per_frame_results(predictor, tmp_p
     results = json.loads((out / "clip.frames.json").read_text())
     assert results and {r["frame"] for r in results} <= {0, 3, 6, 9}
     assert not (out / "broken.mp4").exists() and not list(out.glob(".*.tmp")) and not list(out.glob(".broken*"))
+
+
+def test_yolo_labels_read_back_as_the_predicted_masks(predictor, folder, tmp_path) -> None:
+    from segtune.data.polygons import polygons_to_mask
+
+    out = tmp_path / "out"
+    predict_to_folder(predictor, [str(folder / "im2.png")], out, save_txt=True)
+    pred = predictor(folder / "im2.png")
+    lines = (out / "labels" / "im2.txt").read_text().splitlines()
+    kept = [k for k in range(len(pred)) if pred.masks[k].any()]
+    assert len(lines) == len(kept) > 0
+    height, width = pred.masks.shape[1:]
+    for line, k in zip(lines, kept):
+        cls, *coords = line.split()
+        assert cls == "0" and len(coords) % 2 == 0 and all(0 <= float(v) <= 1 for v in coords)
+        points = [float(v) * (width if n % 2 == 0 else height) for n, v in enumerate(coords)]
+        drawn = polygons_to_mask([points], height, width).astype(bool)
+        truth = pred.masks[k].numpy()
+        iou = (drawn & truth).sum() / max(1, (drawn | truth).sum())
+        assert iou > 0.6, iou  # an outline's polygon against its pixels (small masks lose most at the edge)

@@ -29,6 +29,8 @@ def add_parser(sub: Any) -> None:
                    "instance k (the Penn-Fudan layout: correct them and train on them)")
     p.add_argument("--save-crops", action="store_true", help="also write crops/<class>/<name>_<k>.jpg: each "
                    "detection's box cut out of its image")
+    p.add_argument("--save-txt", action="store_true", help="also write labels/<name>.txt: YOLO-seg labels (class "
+                   "and the mask's outline, normalised; boxes for detection-only models)")
     p.add_argument("--vid-stride", type=int, default=1, help="videos (.mp4, .avi, .mov, ...): predict on every "
                    "N-th frame (default: 1, every frame)")
     p.set_defaults(run=run)
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("predict needs image files, folders or globs, or --split test")
     predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
     summary = predict_to_folder(predictor, inputs, args.out, overwrite=args.overwrite, save_masks=args.save_masks,
-                                batch_size=args.batch_size, vid_stride=args.vid_stride, save_crops=args.save_crops)
+                                batch_size=args.batch_size, vid_stride=args.vid_stride, save_crops=args.save_crops,
+                                save_txt=args.save_txt)
     print(f"{len(summary.pictures)} pictures in {summary.out_dir}/; {summary.num_detections} detections "
           f"(score >= {args.score_threshold}) in {summary.results_file}"
           + (f"; {len(summary.skipped)} unreadable inputs skipped" if summary.skipped else ""))

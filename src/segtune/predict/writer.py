@@ -15,7 +15,7 @@ from PIL import Image
 from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import open_dataset
 from segtune.errors import CheckpointError, DatasetError
-from segtune.fileio import atomic_write, make_folder, write_json
+from segtune.fileio import atomic_write, make_folder, write_json, write_text
 from segtune.models.exported import exported_format, read_sidecar
 from segtune.predict.predictor import Predictor, expand_inputs, to_uint8_chw
 from segtune.predict.video import is_video, predict_video
@@ -95,6 +95,42 @@ def instance_png(masks: Any, height: int, width: int) -> Image.Image:
     return Image.fromarray(ids)
 
 
+#: Most points a YOLO-seg polygon keeps (the outline is sampled evenly down to this).
+MAX_POLYGON_POINTS = 200
+
+
+def mask_polygon(mask: np.ndarray) -> list[tuple[float, float]]:
+    """The outline of a binary mask's largest part as ``(x, y)`` pixel points (contourpy's iso-line at 0.5,
+    the contour tracer matplotlib uses), sampled down to :data:`MAX_POLYGON_POINTS`; empty for an empty mask."""
+    import contourpy
+
+    if not mask.any():
+        return []
+    padded = np.pad(mask.astype(np.float64), 1)  # closes outlines that touch the image's edge
+    lines = contourpy.contour_generator(z=padded, line_type=contourpy.LineType.Separate).lines(0.5)
+    line = max(lines, key=len)
+    if len(line) > MAX_POLYGON_POINTS:
+        line = line[np.linspace(0, len(line) - 1, MAX_POLYGON_POINTS).round().astype(int)]
+    return [(float(x) - 1, float(y) - 1) for x, y in line]
+
+
+def yolo_lines(pred: Any, height: int, width: int) -> list[str]:
+    """YOLO label lines of ``pred``: ``class x1 y1 x2 y2 ...`` (a normalised outline) for masks, else
+    ``class cx cy w h``; classes 0-based, as YOLO's ``names``."""
+    lines = []
+    for k, (box, label) in enumerate(zip(pred.boxes.tolist(), pred.labels.tolist())):
+        if pred.masks is not None:
+            points = mask_polygon(pred.masks[k].numpy())
+            if len(points) >= 3:
+                coords = " ".join(f"{min(max(x / width, 0), 1):.6f} {min(max(y / height, 0), 1):.6f}" for x, y in points)
+                lines.append(f"{label - 1} {coords}")
+            continue
+        x0, y0, x1, y1 = box
+        lines.append(f"{label - 1} {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} "
+                     f"{(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}")
+    return lines
+
+
 def _write_crops(image: Any, pred: Any, folder: Path, stem: str) -> None:
     """Each detection's box cut out of ``image`` (uint8[3, H, W]) as ``folder/<class>/<stem>_<k>.jpg``."""
     height, width = image.shape[1:]
@@ -108,7 +144,8 @@ def _write_crops(image: Any, pred: Any, folder: Path, stem: str) -> None:
 
 def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os.PathLike, *,
                       overwrite: bool = False, save_masks: bool = False, batch_size: int = 1,
-                      save_every: int = SAVE_EVERY, vid_stride: int = 1, save_crops: bool = False) -> PredictSummary:
+                      save_every: int = SAVE_EVERY, vid_stride: int = 1, save_crops: bool = False,
+                      save_txt: bool = False) -> PredictSummary:
     """Predict on files, folders or globs; write pictures and ``predictions.json`` into ``out_dir``.
 
     ``predictions.json`` is a COCO results list; each entry also has ``file_name`` (the input path)
@@ -118,6 +155,7 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
     results file is rewritten atomically every ``save_every`` images, so it is valid whenever the
     run stops. ``save_masks``: ``masks/<name>.png`` of instance ids per image (see :func:`instance_png`).
     ``save_crops``: ``crops/<class>/<name>_<k>.jpg``, each detection's box cut out of the image.
+    ``save_txt``: ``labels/<name>.txt``, YOLO labels (:func:`yolo_lines`), so predictions train again.
     Videos among the inputs go to :func:`~segtune.predict.video.predict_video` (every ``vid_stride``-th frame).
     """
     paths = expand_inputs(inputs)
@@ -161,6 +199,9 @@ def predict_to_folder(predictor: Predictor, inputs: list[str], out_dir: str | os
                 entry["category_name"] = predictor.name(label)
                 entry["category_id"] = predictor.category_id(label)
                 results.append(entry)
+            if save_txt:
+                lines = yolo_lines(pred, *tensor.shape[1:])
+                write_text(out / "labels" / f"{Path(names[i]).stem}.txt", "".join(f"{line}\n" for line in lines))
             if save_crops:
                 _write_crops(tensor, pred, out / "crops", Path(names[i]).stem)
             if save_masks:
