@@ -1,9 +1,10 @@
 """Peak memory of ``segtune predict`` over a folder as the number of images grows: it should not grow.
 
-Writes ``--images`` small PNGs (random pixels, 160 x 120) into ``--workdir``, then predicts on the first
-N of them for each N in ``--counts`` (default 100, 300, 1000), each in a fresh process, with a small
-Mask R-CNN of random weights at score threshold 0 (so every image has detections, masks and a picture
-to draw and write); prints seconds, images per second and the process's peak resident memory per N.
+Writes as many small PNGs (random pixels, 160 x 120) as the largest of ``--counts`` into ``--workdir``,
+then predicts on the first N of them for each N in ``--counts`` (default 100, 300, 1000), each in a fresh
+process, with a small Mask R-CNN of random weights at score threshold 0 and at most 10 detections an
+image (so every image has detections, masks and a picture to draw and write); prints seconds, images
+per second and the process's peak resident memory per N.
 Writes benchmarks/results/predict_stream.json.
 
     .venv/bin/python benchmarks/predict_stream.py [--counts 100 300 1000] [--workdir /tmp/segtune-stream]
@@ -35,7 +36,7 @@ def one_run(folder: str, count: int, out: str) -> dict[str, float]:
 
     torch.manual_seed(0)
     cfg = configure(("benchmark", {"data.path": ".", "model.weights": "none", "model.weights_backbone": "none",
-                                   "model.min_size": 96, "model.max_size": 128}))
+                                   "model.min_size": 96, "model.max_size": 128, "model.box_detections_per_img": 10}))
     model = build_from_config(cfg.model, num_classes=2, classes=["thing"], load_weights=False)
     model.roi_heads.score_thresh = 0.0
     predictor = Predictor(model, ["thing"], score_threshold=0.0)
