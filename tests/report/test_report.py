@@ -96,3 +96,14 @@ def test_the_report_at_the_end_of_a_run_reads_no_annotation_file_again(tmp_path:
     result = train(configure(("test", short_run_settings(path, tmp_path / "run", **{
         "train.max_iters_per_epoch": 1, "data.test_size": 2}))))
     assert (result.run_dir / "report.html").is_file() and calls == [path]
+
+
+def test_a_keypoint_model_without_masks_gets_its_report(tmp_path: Path) -> None:
+    from tests.evaluation.keypoint_data import make_coco_keypoints
+
+    data = make_coco_keypoints(tmp_path / "data")
+    result = train(configure(("test", short_run_settings(data, tmp_path / "run", **{
+        "model.name": "keypointrcnn_resnet50_fpn", "train.max_iters_per_epoch": 1, "data.test_size": 2,
+        "model.box_batch_size_per_image": 16, "model.box_detections_per_img": 4}))))
+    html = (result.run_dir / "report.html").read_text(encoding="utf-8")
+    assert _sections(html) == ["run", "training", "quality-bbox", "labels", "gallery"]
