@@ -99,7 +99,7 @@ def test_bad_export_input_gets_a_clear_error(run_dir: Path, tmp_path: Path, caps
     assert not list(tmp_path.glob(".m.*"))  # nothing half-written left behind
 
 
-def test_a_torch_tensor_in_gives_the_same_as_a_file(run_dir: Path, tmp_path: Path) -> None:
+def test_the_torchscript_file_runs_with_torch_alone(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.torchscript"
     export_model(run_dir, "torchscript", out=out)
     module = torch.jit.load(str(out))

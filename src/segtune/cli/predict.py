@@ -14,7 +14,8 @@ def add_parser(sub: Any) -> None:
                        description="Predict on image files, videos, folders or globs (or the run's test split) and "
                        "write one picture per image plus predictions.json (COCO results), and per video an "
                        "annotated video plus its per-frame results.")
-    p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
+    p.add_argument("checkpoint", help="a .pt checkpoint, a run folder (uses weights/best.pt), or a file "
+                   "written by segtune export (.onnx, .torchscript)")
     p.add_argument("inputs", nargs="*", help="image files, folders, or glob patterns")
     p.add_argument("--split", choices=["test", "train"], help="predict on this split of the run's data set instead")
     p.add_argument("--data", help="with --split: the run's data set, if it moved since training")

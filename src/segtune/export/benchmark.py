@@ -27,7 +27,7 @@ from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.export.exporter import default_output, export_model
 from segtune.fileio import write_json
 from segtune.models import model_from_checkpoint
-from segtune.models.exported import load_exported
+from segtune.models.exported import InferenceOnly, load_exported
 from segtune.runtime import cpu_has_native_bf16, cpu_name
 
 logger = logging.getLogger(__name__)
@@ -47,19 +47,11 @@ class BenchmarkRow:
     images_per_s: float | None = None
 
 
-class _Bf16:
+class _Bf16(InferenceOnly):
     """The eager model under CPU autocast to bfloat16, answering in float32 as the other paths do."""
-
-    training = False
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-
-    def eval(self) -> _Bf16:
-        return self
-
-    def train(self, mode: bool = True) -> _Bf16:
-        return self
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.autocast("cpu", dtype=torch.bfloat16):

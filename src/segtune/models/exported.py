@@ -58,19 +58,20 @@ def read_sidecar(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-class _Exported:
-    """What the evaluator and the predictor ask of a model besides calling it: always in eval mode."""
+class InferenceOnly:
+    """What the evaluator and the predictor ask of a model besides calling it, for a runner that is not an
+    ``nn.Module`` (an exported file, an autocast wrapper): always in eval mode."""
 
     training = False
 
-    def train(self, mode: bool = True) -> _Exported:
+    def train(self, mode: bool = True) -> InferenceOnly:
         return self
 
-    def eval(self) -> _Exported:
+    def eval(self) -> InferenceOnly:
         return self
 
 
-class OnnxRuntimeModel(_Exported):
+class OnnxRuntimeModel(InferenceOnly):
     """An exported ONNX detector run by ONNX Runtime (the CUDA provider when present, else the CPU's)."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any], *, threads: int | None = None) -> None:
@@ -101,7 +102,7 @@ class OnnxRuntimeModel(_Exported):
         return out
 
 
-class TorchScriptModel(_Exported):
+class TorchScriptModel(InferenceOnly):
     """An exported TorchScript detector (``torch.jit.load``)."""
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any], *, device: Any = "cpu") -> None:

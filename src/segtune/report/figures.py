@@ -43,11 +43,9 @@ def smooth(values: Sequence[float], window: int) -> list[float]:
     if window <= 1 or len(data) < 2:
         return data.tolist()
     cumulative = np.cumsum(np.insert(data, 0, 0.0))
-    out = np.empty_like(data)
-    for i in range(len(data)):
-        lo = max(0, i + 1 - window)
-        out[i] = (cumulative[i + 1] - cumulative[lo]) / (i + 1 - lo)
-    return out.tolist()
+    end = np.arange(1, len(data) + 1)
+    start = np.maximum(0, end - window)
+    return ((cumulative[end] - cumulative[start]) / (end - start)).tolist()
 
 
 def step_losses(steps: list[dict[str, Any]]) -> str | None:
