@@ -1,120 +1,127 @@
-"""CPU inference: per-image latency and images/s of the tutorial model and of segtune's fastest path, with their AP.
+"""CPU inference of the tutorial model and the ``cpu-scratch`` model, every way segtune runs them.
 
 One command:  .venv/bin/python benchmarks/inference.py [--tutorial CKPT] [--fast CKPT] [--images 20]
 
-Models (segtune checkpoints; by default the newest ``best.pt`` of each recipe that
-``benchmarks/time_to_accuracy.py --tag final...`` trained, so the AP is that of an hour's training
-from scratch):
+For each model, :func:`segtune.export.benchmark.benchmark_run` (what ``segtune benchmark RUN`` does):
+eager fp32, eager bf16 (CPUs with native bfloat16 only), TorchScript and ONNX Runtime (exported and
+checked first), each with its bbox + segm AP on the model's whole test split, and the median latency
+of one image (batch 1, after two warm-up images) over ``--images`` test images with images/s, at two
+settings: *evaluation* (every detection the model keeps, up to 100, scores >= 0.05, masks pasted at
+image size: what AP needs, and Ultralytics' "evaluation settings") and *prediction* (scores >=
+``--score-threshold``, predict's default 0.5, dropped inside the model so only kept detections get
+masks: what ``segtune predict`` does, comparable to Ultralytics' ``predict()`` at its default
+confidence). The speed-up of each path is against eager fp32 of the same model at the same setting.
 
-* ``tutorial``: Mask R-CNN R50-FPN at 800 px (the tutorial's model). Without a checkpoint it runs
-  with random weights: its speed is real, its AP is marked untrained.
-* ``cpu-scratch``: the ``cpu-scratch`` preset's Mask R-CNN (ResNet-18 FPN, GroupNorm, 320 px).
+Models (segtune checkpoints):
 
-Paths: ``fp32`` (eager PyTorch, ``torch.inference_mode``) and ``bf16`` (the same under CPU autocast
-to bfloat16, which pays off on CPUs with AVX-512 BF16 or AMX). For each model and path: the median
-and mean latency of one image (batch 1, after two warm-up images) over ``--images`` test images,
-images/s, and COCO bbox + segm AP on the whole test split computed from that same path, so a faster
-path that loses accuracy shows it. Writes benchmarks/results/inference.json.
+* ``tutorial``: Mask R-CNN R50-FPN at 800 px (the tutorial's model): ``--tutorial CKPT``. Without one,
+  a checkpoint of random weights on Penn-Fudan's 120/50 split is written under
+  ``runs/benchmarks/inference/`` (COCO weights cannot be downloaded here and an hour from scratch
+  gives AP 0.007): its speed is real, its AP is 0 and only shows that every path agrees.
+* ``cpu-scratch``: ``--fast CKPT``; by default the newest main-job run (``runs/pennfudan-*``).
+
+Writes benchmarks/results/inference.json (and ``benchmark.json`` in each run folder); with ``--models``
+naming one model, the other's rows are kept from the file as they were (each row has its date and machine).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import statistics
-import time
+import dataclasses
+import datetime
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from common import DATA, write_result
-from segtune.checkpoint import load_checkpoint
+from common import DATA, RESULTS, machine, write_result
+from segtune.checkpoint import RunState, save_checkpoint
 from segtune.config import DataConfig
-from segtune.data import build_dataset, make_split, open_dataset
-from segtune.evaluation import dataset_ground_truth, evaluate_model
-from segtune.models import build_model, model_from_checkpoint
+from segtune.data import make_split, open_dataset
+from segtune.engine import configure
+from segtune.export.benchmark import benchmark_run, markdown
+from segtune.models import build_from_config
 
-RUNS = Path("runs/benchmarks/time_to_accuracy")
-
-
-def newest_checkpoint(model_name: str) -> Path | None:
-    """The newest ``best.pt`` of the time-to-accuracy runs tagged ``final*`` whose model is ``model_name``."""
-    found = []
-    for path in RUNS.glob("final*/**/weights/best.pt"):
-        config = path.parent.parent / "config.yaml"
-        if config.is_file() and f"name: {model_name}\n" in config.read_text():
-            found.append(path)
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+RANDOM_TUTORIAL = Path("runs/benchmarks/inference/tutorial-random")
 
 
-def load(kind: str, path: str | None) -> tuple[torch.nn.Module, str, list[str] | None]:
-    """``(model, source, test files)`` for ``kind``; random tutorial weights when no checkpoint is found."""
-    name = "maskrcnn_resnet50_fpn" if kind == "tutorial" else "maskrcnn"
-    ckpt_path = Path(path) if path else newest_checkpoint(name)
-    if ckpt_path is None:
-        if kind != "tutorial":
-            raise SystemExit("no cpu-scratch checkpoint: pass --fast CKPT or run benchmarks/time_to_accuracy.py first")
-        model = build_model(name, num_classes=2, weights="none", weights_backbone="none")
-        return model.eval(), "untrained (random weights)", None
-    ckpt = load_checkpoint(ckpt_path)
-    model, _ = model_from_checkpoint(ckpt)
-    return model.eval(), str(ckpt_path), ckpt["split"]["test"]
+def random_tutorial(data: str) -> Path:
+    """A checkpoint of the tutorial model with random weights, on Penn-Fudan's tutorial split (120 / 50)."""
+    path = RANDOM_TUTORIAL / "weights" / "best.pt"
+    if path.is_file():
+        return RANDOM_TUTORIAL
+    cfg = configure(("benchmark", {"data.path": data, "data.test_size": 50, "model.weights": "none",
+                                   "model.weights_backbone": "none"}))
+    full = open_dataset(DataConfig(path=data))
+    torch.manual_seed(0)
+    model = build_from_config(cfg.model, num_classes=len(full.classes) + 1, classes=list(full.classes),
+                              load_weights=False)
+    ids = list(range(1, len(full.classes) + 1))
+    state = RunState(data_path=str(Path(data).resolve()), data_format=cfg.data.format, classes=list(full.classes),
+                     category_ids=ids, epochs=0)
+    save_checkpoint(path, {"model": model.state_dict(), "epoch": 0, "step": 0, "classes": list(full.classes),
+                           "category_ids": ids, "config": cfg.to_dict(), "run": state.to_dict(),
+                           "split": make_split(full.all_files, 50, cfg.data.split_seed), "metrics": {}})
+    return RANDOM_TUTORIAL
 
 
-def autocast(path: str) -> contextlib.AbstractContextManager:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if path == "bf16" else contextlib.nullcontext()
-
-
-def latency(model: torch.nn.Module, images: list[torch.Tensor], path: str) -> list[float]:
-    times = []
-    with torch.inference_mode(), autocast(path):
-        for i, image in enumerate(images):
-            start = time.perf_counter()
-            model([image])
-            if i >= 2:  # the first two warm up allocators and kernels
-                times.append(time.perf_counter() - start)
-    return times
+def newest_main_run() -> Path | None:
+    runs = [p.parent.parent for p in Path("runs").glob("pennfudan-*/weights/best.pt")]
+    return max(runs, key=lambda p: p.stat().st_mtime) if runs else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tutorial", help="segtune checkpoint of the tutorial model (default: newest benchmark run)")
-    parser.add_argument("--fast", help="segtune checkpoint of the cpu-scratch model (default: newest benchmark run)")
-    parser.add_argument("--images", type=int, default=20, help="test images timed per model and path (default 20)")
-    parser.add_argument("--paths", default="fp32,bf16")
+    parser.add_argument("--tutorial", help="a run folder or checkpoint of the tutorial model (default: random weights)")
+    parser.add_argument("--fast", help="a run folder or checkpoint of the cpu-scratch model (default: newest main job)")
+    parser.add_argument("--images", type=int, default=20, help="test images timed per path and setting (default 20)")
+    parser.add_argument("--paths", default="eager,eager-bf16,torchscript,onnx")
+    parser.add_argument("--models", default="tutorial,cpu-scratch")
+    parser.add_argument("--score-threshold", type=float, default=0.5, help="prediction settings (default 0.5)")
     parser.add_argument("--data", default=DATA)
     args = parser.parse_args()
-    data_cfg = DataConfig(path=args.data)
-    full = open_dataset(data_cfg)
-    rows: list[dict[str, Any]] = []
-    for kind, ckpt in (("tutorial", args.tutorial), ("cpu-scratch", args.fast)):
-        model, source, files = load(kind, ckpt)
-        if files is None:
-            files = make_split(full.all_files, data_cfg.test_size, data_cfg.split_seed)["test"]
-        test = build_dataset(data_cfg, files=files, train=False)
-        gt = dataset_ground_truth(test, list(full.classes))
-        images = [test[i][0] for i in range(min(len(test), args.images + 2))]
-        for path in args.paths.split(","):
-            times = latency(model, images, path)
-            with autocast(path):
-                report = evaluate_model(model, test, list(full.classes), device=torch.device("cpu"), gt=gt)
-            row = {"model": kind, "path": path, "checkpoint": source, "size": list(model.transform.min_size),
-                   "median_ms": round(1000 * statistics.median(times), 1),
-                   "mean_ms": round(1000 * statistics.mean(times), 1), "images_per_s": round(len(times) / sum(times), 2),
-                   "bbox_AP": round(report.metrics["bbox"]["AP"], 4), "segm_AP": round(report.metrics["segm"]["AP"], 4),
-                   "timed_images": len(times), "test_images": len(test)}
-            rows.append(row)
-            print(row, flush=True)
-    base = next(r for r in rows if r["model"] == "tutorial" and r["path"] == "fp32")
-    print("\n| model | path | checkpoint | ms / image (median) | images/s | speed-up | bbox AP | segm AP |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        r["speedup_vs_tutorial_fp32"] = round(r["images_per_s"] / base["images_per_s"], 2)
-        trained = "untrained" if r["checkpoint"].startswith("untrained") else "trained"
-        print(f"| {r['model']} | {r['path']} | {trained} | {r['median_ms']:.0f} | {r['images_per_s']:.2f} | "
-              f"{r['speedup_vs_tutorial_fp32']:.1f}x | {r['bbox_AP']:.3f} | {r['segm_AP']:.3f} |")
-    out = write_result("inference.json", {"threads": torch.get_num_threads(), "rows": rows})
+    sources = {"tutorial": Path(args.tutorial) if args.tutorial else None,
+               "cpu-scratch": Path(args.fast) if args.fast else newest_main_run()}
+    today = datetime.date.today().isoformat()
+    models = args.models.split(",")
+    # The rows of models not run now are kept from the last results (each row names its date and machine).
+    previous = RESULTS / "inference.json"
+    results: list[dict[str, Any]] = [r for r in (json.loads(previous.read_text()).get("rows", [])
+                                                 if previous.is_file() else []) if r.get("model") not in models]
+    for kind in models:
+        source = sources[kind]
+        if source is None:
+            if kind != "tutorial":
+                sys.exit("no cpu-scratch run: pass --fast RUN or run scripts/main.sh first")
+            source = random_tutorial(args.data)
+        print(f"\n## {kind}: {source}", flush=True)
+        rows = benchmark_run(source, images=args.images, paths=tuple(args.paths.split(",")),
+                             predict_threshold=args.score_threshold)
+        print(markdown(rows, args.score_threshold), flush=True)
+        eager = rows[0] if rows and rows[0].path == "eager" else None
+        for row in rows:
+            record = {"model": kind, "checkpoint": str(source), "date": today, "machine": machine(),
+                      **dataclasses.asdict(row)}
+            if eager and row.images_per_s:
+                record["speedup"] = round(row.images_per_s / eager.images_per_s, 2)
+                record["predict_speedup"] = round((row.predict_images_per_s or 0) / (eager.predict_images_per_s or 1), 2)
+                record["segm_AP_minus_eager"] = round((row.segm_ap or 0) - (eager.segm_ap or 0), 4)
+                record["bbox_AP_minus_eager"] = round((row.bbox_ap or 0) - (eager.bbox_ap or 0), 4)
+            results.append(record)
+    print("\n| model | path | status | bbox AP | segm AP | ms (eval) | speed-up | ms (score >= "
+          f"{args.score_threshold:g}) | speed-up |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        def f(key: str, fmt: str) -> str:
+            return "–" if r.get(key) is None else format(r[key], fmt)
+        print(f"| {r['model']} | {r['path']} | {r['status'][:40]} | {f('bbox_ap', '.3f')} | {f('segm_ap', '.3f')} | "
+              f"{f('ms_per_image', '.0f')} | {f('speedup', '.2f')}x | {f('predict_ms_per_image', '.0f')} | "
+              f"{f('predict_speedup', '.2f')}x |")
+    results.sort(key=lambda r: ["tutorial", "cpu-scratch"].index(r["model"]))
+    out = write_result("inference.json", {"date": today, "images_timed": args.images,
+                                          "score_threshold": args.score_threshold, "rows": results})
     print(f"\nwrote {out}")
 
 

@@ -66,6 +66,32 @@ def _no_report_outside_its_tests(request: pytest.FixtureRequest, monkeypatch: py
     monkeypatch.setattr(default_hooks, "DEFAULT_HOOKS", [h for h in default_hooks.DEFAULT_HOOKS if h[0] != "report"])
 
 
+class FakeClock:
+    """A training clock that ignores the machine's speed: every reading is ``tick`` seconds after the last.
+    The readings per optimiser step are fixed by the code, so a run under a time limit takes the same steps
+    on an idle laptop and on a loaded CI runner."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+@pytest.fixture
+def fake_training_clock(monkeypatch: pytest.MonkeyPatch):
+    """``fake_training_clock(tick)`` puts a :class:`FakeClock` behind segtune's training clock."""
+    from segtune.engine import budget
+
+    def install(tick: float) -> FakeClock:
+        clock = FakeClock(tick)
+        monkeypatch.setattr(budget, "now", clock)
+        return clock
+
+    return install
+
+
 @pytest.fixture
 def mask_folder(tmp_path: Path) -> Path:
     return make_mask_folder(tmp_path / "data")

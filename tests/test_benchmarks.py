@@ -28,7 +28,8 @@ def tta(monkeypatch, tmp_path):
     sys.modules.pop("time_to_accuracy", None)
 
 
-def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path):
+def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path, fake_training_clock):
+    fake_training_clock(0.1)  # each reading of the training clock 0.1 s on: the same steps on any machine
     data = make_mask_folder(tmp_path / "data", n=6)
     sets = {**TINY_MODEL, "data.test_size": 2, "train.batch_size": 2, "train.repeat": 1, "data.workers": 0}
     run = tta.run_one("cpu-scratch", 0, minutes=0.08, eval_every=0.01, sets=sets, data=str(data),

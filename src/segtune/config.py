@@ -66,6 +66,12 @@ class DataConfig:
     check_cache: bool = _opt(True, "reuse the data check of a data set whose files are unchanged (kept in "
                              "a .segtune folder beside the data, else ~/.cache/segtune/checks)")
     workers: int | None = _opt(None, "data-loader worker processes (default: 0 on CPU, 4 on GPU)")
+    cache: str = _opt("auto", "decoded-image cache for training: ram (decode each image once, shrunk to the size "
+                      "the model uses, up to --cache-max-gb) | disk (files in ~/.cache/segtune/decoded, shared by "
+                      "workers and runs) | none | auto (ram without loader workers, else none)", flag="--cache",
+                      choices=["auto", "ram", "disk", "none"])
+    cache_max_gb: float | None = _opt(None, "most memory the ram cache takes (default: a quarter of the memory "
+                                      "available, at most 4)")
 
 
 @dataclass(frozen=True)

@@ -193,12 +193,15 @@ def test_train_on_real_pennfudan_then_evaluate_and_predict(pennfudan: Path, tmp_
     assert len(list((tmp_path / "p").glob("*.png"))) == 3
 
 
-def test_cpu_scratch_preset_trains_within_its_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The recipe ``auto`` picks offline without a GPU: its model and a run cut by --time-limit, evaluated."""
+def test_cpu_scratch_preset_trains_within_its_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         fake_training_clock) -> None:
+    """The recipe ``auto`` picks offline without a GPU: its model and a run cut by --time-limit, evaluated.
+    The training clock is fake (each reading 0.5 s on), so the steps taken do not depend on the machine."""
     from segtune.engine import budget as budget_module
     from tests.conftest import make_mask_folder
 
     monkeypatch.setattr(budget_module, "CALIBRATE_STEPS", (1, 2))
+    fake_training_clock(0.5)
     data = make_mask_folder(tmp_path / "data", n=6)
     run = tmp_path / "run"
     code = main(["train", "--data", str(data), "--out", str(run), "--preset", "cpu-scratch", "--time-limit", "0.15",

@@ -14,6 +14,7 @@ from PIL import Image
 from segtune.cli.main import main
 from segtune.engine import configure, train
 from segtune.export import compare, export_model
+from segtune.fileio import current_umask
 from segtune.predict import Predictor
 from tests.conftest import make_mask_folder, short_run_settings
 
@@ -46,6 +47,7 @@ def test_an_exported_model_gives_the_eager_detections(run_dir: Path, tmp_path: P
     out = tmp_path / f"model.{fmt}"
     result = export_model(run_dir, fmt, out=out, exporter="legacy")
     assert result.path == out and out.is_file() and result.parity.ok, result.parity.problems
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # the usual permissions, not mkstemp's 0600
     meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     assert meta["classes"] == ["pedestrian"] and meta["format"] == fmt and meta["outputs"][-1] == "masks"
     eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0)
@@ -132,6 +134,7 @@ def test_a_detection_only_model_and_the_cpu_recipe_export_with_parity(tmp_path: 
 def test_segtune_benchmark_prints_every_path_and_writes_json(run_dir: Path, capsys) -> None:
     assert main(["benchmark", str(run_dir), "--images", "1"]) == 0
     table = capsys.readouterr().out
+    assert "ms / image, score >= 0.5 |" in table
     rows = json.loads((run_dir / "benchmark.json").read_text())["rows"]
     assert [r["path"] for r in rows] == ["eager", "eager-bf16", "torchscript", "onnx"]
     for r in rows:
@@ -140,7 +143,30 @@ def test_segtune_benchmark_prints_every_path_and_writes_json(run_dir: Path, caps
             assert r["status"] == "parity passed" and r["size_mb"] > 0
         if r["status"] in ("ok", "parity passed"):
             assert r["bbox_ap"] is not None and r["segm_ap"] is not None and r["ms_per_image"] > 0
+            assert r["predict_ms_per_image"] > 0  # timed again at prediction settings (score >= 0.5)
         else:
             assert r["path"] == "eager-bf16" and r["status"].startswith("skipped: this CPU has no native")
     eager, onnx = rows[0], rows[-1]
     assert abs(eager["segm_ap"] - onnx["segm_ap"]) <= 0.005
+
+
+def test_a_file_exported_with_a_score_threshold_drops_low_scores_itself(run_dir: Path, tmp_path: Path,
+                                                                         caplog) -> None:
+    image = _images(tmp_path)[0]
+    eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0)
+    scores = eager(image).scores.sort().values
+    gaps = [k for k in range(1, len(scores)) if scores[k] - scores[k - 1] > 2e-3]
+    assert gaps  # a threshold between two scores: ONNX's scores differ from eager's in the 7th digit
+    k = gaps[len(gaps) // 2]
+    threshold = float(scores[k - 1] + scores[k]) / 2
+    out = tmp_path / "high.onnx"
+    assert main(["export", str(run_dir), "--out", str(out), "--exporter", "legacy",
+                 "--score-threshold", str(threshold)]) == 0
+    meta = json.loads((tmp_path / "high.onnx.json").read_text())
+    assert meta["min_score"] == pytest.approx(threshold, abs=1e-6) and meta["score_threshold"] == max(0.5, meta["min_score"])
+    got = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.0)(image).raw
+    assert got["scores"].min() > threshold - 1e-6 and len(got["scores"]) < len(scores)
+    eager.score_threshold = threshold
+    parity = compare(eager(image).raw, got, score_threshold=0.0)
+    assert parity.ok and parity.matched == len(got["scores"]), parity.problems
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "bad.onnx"), "--score-threshold", "1.5"]) == 2

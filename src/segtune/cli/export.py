@@ -23,11 +23,16 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], default="auto",
                    help="ONNX: auto (the dynamo exporter, else the TorchScript-based one), dynamo, or legacy "
                    "(TorchScript-based only)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="the file drops detections scoring below this itself, before computing their masks: "
+                   "faster prediction (e.g. 0.5, predict's default), but COCO evaluation of the file then sees "
+                   "only those (default: the model's own, 0.05)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    result = export_model(args.checkpoint, args.format, out=args.out, opset=args.opset, exporter=args.exporter)
+    result = export_model(args.checkpoint, args.format, out=args.out, opset=args.opset, exporter=args.exporter,
+                          score_threshold=args.score_threshold)
     parity = result.parity
     print(f"exported {result.path} ({result.format}, {result.exporter} exporter, {result.size_mb:.1f} MB, "
           f"{result.seconds:.1f} s); sidecar {result.sidecar}")

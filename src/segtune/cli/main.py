@@ -22,6 +22,7 @@ from segtune.cli import report as report_cmd
 from segtune.cli import train as train_cmd
 from segtune.errors import SegtuneError
 from segtune.runtime import is_terminal
+from segtune.threads import configure_threads
 
 COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, export_cmd, benchmark_cmd, report_cmd, data_cmd, models_cmd)
 
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(-1 if args.quiet else 1 if args.debug else 0)
+    configure_threads()
     try:
         return int(args.run(args) or 0)
     except SegtuneError as e:

@@ -147,6 +147,7 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __init__(self, *, transforms: Callable | None = None, keep_crowd: bool = True,
                  sink: ProblemSink | None = None) -> None:
         self.transforms = transforms
+        self.decoded_cache: Any = None  # a segtune.data.decoded_cache.DecodedCache, set on a training view
         self.keep_crowd = keep_crowd
         self.sink = sink if sink is not None else ProblemSink()
         self.category_ids = []
@@ -209,6 +210,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         out = copy.copy(self)
         out.select(files)
         out.transforms = transforms
+        out.decoded_cache = None  # a cache belongs to the view it was made for (its images may be shrunk)
         if keep_crowd is not None:
             out.keep_crowd = keep_crowd
         if sink is not None:
@@ -300,6 +302,14 @@ class DetectionDataset(torch.utils.data.Dataset):
         return [self.image_path(index), Path(self._annotation_source(index))]
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        cache = self.decoded_cache
+        image, target = cache.get(self, index) if cache is not None else self.decode(index)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+    def decode(self, index: int) -> tuple[tv_tensors.Image, dict[str, Any]]:
+        """Image ``index`` and its target as the transforms take them (what the decoded-image cache keeps)."""
         array, target = self.load(index)
         image = tv_tensors.Image(torch.from_numpy(array).permute(2, 0, 1).contiguous())
         height, width = array.shape[:2]
@@ -309,8 +319,6 @@ class DetectionDataset(torch.utils.data.Dataset):
         target["area"] = target["area"].to(torch.float32)
         if "masks" in target:
             target["masks"] = tv_tensors.Mask(target["masks"])
-        if self.transforms is not None:
-            image, target = self.transforms(image, target)
         return image, target
 
     def verify(self, progress: Callable[[int, int], None] | None = None) -> int:

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 #: Settings that do not change what the data doctor finds (the split, the loader).
 _IRRELEVANT = ("path", "val_path", "test_path", "test_size", "test_max", "split", "split_seed", "workers", "aspect_ratio_group_factor",
-               "check_cache")
+               "check_cache", "cache", "cache_max_gb")
 
 
 #: The folder beside the data that holds segtune's notes on it.

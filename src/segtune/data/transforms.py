@@ -203,7 +203,7 @@ class RandomShortestSize:
         height, width = F.get_size(image)
         short = self.sizes[int(torch.randint(len(self.sizes), ()))]
         scale = min(short / min(height, width), self.max_size / max(height, width))
-        return _resize(image, target, (round(height * scale), round(width * scale)))
+        return resize_sample(image, target, (round(height * scale), round(width * scale)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(sizes={self.sizes}, max_size={self.max_size})"
@@ -228,7 +228,7 @@ class LargeScaleJitter:
         lo, hi = self.scale
         factor = (lo + (hi - lo) * float(torch.rand(1))) * min(out_h / height, out_w / width)
         new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
-        image, target = _resize(image, target, (new_h, new_w))
+        image, target = resize_sample(image, target, (new_h, new_w))
         if new_h > out_h or new_w > out_w:
             top = int(torch.randint(new_h - out_h + 1, ())) if new_h > out_h else 0
             left = int(torch.randint(new_w - out_w + 1, ())) if new_w > out_w else 0
@@ -256,7 +256,8 @@ def _each(op: Callable, image: tv_tensors.Image, target: Target, **kwargs: Any) 
     return op(image, **kwargs), target
 
 
-def _resize(image: tv_tensors.Image, target: Target, size: tuple[int, int]) -> tuple[tv_tensors.Image, Target]:
+def resize_sample(image: tv_tensors.Image, target: Target, size: tuple[int, int]) -> tuple[tv_tensors.Image, Target]:
+    """The image, its boxes, masks and keypoints resized to ``size`` (height, width); boxes refitted to the masks."""
     height, width = F.get_size(image)
     # Masks are resized nearest-neighbour by their own kernel whatever ``interpolation`` says.
     image, target = _each(F.resize, image, target, size=list(size), interpolation=InterpolationMode.BILINEAR,

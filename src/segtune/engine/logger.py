@@ -16,9 +16,11 @@ from typing import Any
 import torch
 
 from segtune.config import Config
+from segtune.data.decoded_cache import describe as describe_cache
 from segtune.data.split import warn_if_small
 from segtune.engine.run import SPLIT_FILE
 from segtune.runtime import format_seconds, is_terminal, peak_memory_mb
+from segtune.threads import describe_threads
 
 logger = logging.getLogger("segtune.train")
 
@@ -101,10 +103,13 @@ class EpochReporter:
             self.bar.close()
         elapsed = time.perf_counter() - self.start
         n = max(1, self.iter_time.count)
+        data_share = self.data_time.total / elapsed if elapsed > 0 else 0.0
         if self.enabled:
-            logger.info("Epoch: [%d] Total time: %s (%.4f s / it)", self.epoch, format_seconds(elapsed), elapsed / n)
+            logger.info("Epoch: [%d] Total time: %s (%.4f s / it; %.0f%% of it waiting for data)", self.epoch,
+                        format_seconds(elapsed), elapsed / n, 100 * data_share)
         out = {name: m.global_avg for name, m in self.meters.items()}
-        out.update({"time_s": elapsed, "s_per_iter": elapsed / n, "iters": self.iter_time.count})
+        out.update({"time_s": elapsed, "s_per_iter": elapsed / n, "iters": self.iter_time.count,
+                    "data_share": data_share})
         return out
 
 
@@ -122,7 +127,7 @@ def log_setting_notes(cfg: Config, device: torch.device) -> None:
             "recipe reaches about 0.8 bbox AP on Penn-Fudan.", expect
         )
     if device.type == "cpu":
-        logger.info("device: CPU (%d threads); no GPU in use", torch.get_num_threads())
+        logger.info("device: CPU, %s; no GPU in use", describe_threads())
     else:
         logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
 
@@ -141,6 +146,7 @@ def log_run_start(trainer: Any, resumed: str | None) -> None:
         logger.info("validation data: %s (%s format): %d images, %d instances", trainer.data.val.root,
                     trainer.data.val.format, val.images, val.instances)
     log_setting_notes(cfg, trainer.device)
+    logger.info(describe_cache(trainer.train_ds.decoded_cache, cfg.data.cache))
     if trainer.dist.world_size > 1:
         logger.info("distributed: %d processes (%s)", trainer.dist.world_size, trainer.dist.backend)
     source = trainer.split.get("source") or f"random, seed {cfg.data.split_seed}"  # older runs say nothing

@@ -22,6 +22,7 @@ from segtune.checkpoint import RunState, keypoint_info, run_state_of
 from segtune.config import Config, dump_yaml, resolve_data_path
 from segtune.data import DetectionDataset, build_collate, prepare, save_split
 from segtune.data.build import build_loader, build_loader_from_batches
+from segtune.data.decoded_cache import make_cache
 from segtune.engine import distributed as dist
 from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch
@@ -39,6 +40,7 @@ from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.fileio import check_folder, write_text
 from segtune.models import MODELS, build_from_config
 from segtune.runtime import default_workers, seed_everything, seed_worker
+from segtune.threads import configure_threads
 
 logger = logging.getLogger("segtune.train")
 
@@ -90,6 +92,7 @@ class Trainer:
         cfg = self.cfg
         self.dist = dist.init_distributed(cfg.train.device)
         self.device = self.dist.device
+        self.threads = configure_threads(check_busy=True)
         self.main = self.dist.rank == 0
         if not self.main:  # one process speaks for all; the others only warn
             logging.getLogger("segtune").setLevel(logging.WARNING)
@@ -133,6 +136,7 @@ class Trainer:
                                 lsj_scale=cfg.train.lsj_scale)
         self.test_ds = prepare(self.data.evaluated, files=self.split["test"], train=False)
         self.workers = default_workers(self.device, cfg.data.workers)
+        self.train_ds.decoded_cache = make_cache(cfg, self.workers)
         self.generator = torch.Generator()
         sampler = None
         if self.dist.world_size > 1:

@@ -229,6 +229,9 @@ def _evaluate_exported(path: str | os.PathLike, *, data: str | None, split: str,
         raise CheckpointError(f"{path}: its checkpoint {source} is gone, so its {split} split is unknown: give "
                               "--data PATH --split all")
     dataset = build_dataset(data_cfg, files=files, train=False)
+    if float(meta.get("min_score", 0.0)) > 0.05:
+        logger.warning("%s drops detections scoring below %.2f inside it (exported with --score-threshold), so its "
+                       "AP counts only those and is lower than its checkpoint's", path, meta["min_score"])
     logger.info("evaluating %s (%s) on %d %s images of %s", path, meta["format"], len(dataset), split, dataset.root)
     return evaluate_model(model, dataset, list(meta["classes"]), device=device, batch_size=1,
                           workers=default_workers(device, workers), mask_threshold=float(meta["mask_threshold"]))

@@ -33,9 +33,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from segtune.checkpoint import load_checkpoint
 from segtune.errors import CheckpointError, ConfigError
 from segtune.export.parity import Parity, compare
-from segtune.fileio import write_json
+from segtune.fileio import current_umask, write_json
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import OUTPUT_NAMES, SIDECAR_VERSION, SUFFIXES, load_exported, sidecar_path
+from segtune.models.min_score import has_min_score, inner_threshold
 from segtune.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ def _outputs(model: torch.nn.Module) -> list[str]:
 def _sidecar(ckpt: dict[str, Any], cfg: Any, model: torch.nn.Module, fmt: str, outputs: list[str],
              exporter: str, opset: int | None) -> dict[str, Any]:
     transform = getattr(model, "transform", None)
+    # kept scores are >= it (inner_threshold sets the float32 just below: rounded back here)
+    min_score = round(float(getattr(getattr(model, "roi_heads", None), "score_thresh", 0.0)), 6)
     return {
         "exported_by": "segtune", "sidecar_version": SIDECAR_VERSION, "segtune_version": __version__,
         "format": fmt, "exporter": exporter, "opset": opset, "torch_version": torch.__version__,
@@ -76,7 +79,8 @@ def _sidecar(ckpt: dict[str, Any], cfg: Any, model: torch.nn.Module, fmt: str, o
         "classes": list(ckpt["classes"]), "category_ids": list(ckpt.get("category_ids") or
                                                              range(1, len(ckpt["classes"]) + 1)),
         "keypoint_names": ckpt.get("keypoint_names"), "skeleton": ckpt.get("skeleton"),
-        "score_threshold": 0.5, "mask_threshold": float(cfg.eval.mask_threshold),
+        "score_threshold": max(0.5, min_score), "min_score": min_score,
+        "mask_threshold": float(cfg.eval.mask_threshold),
         "input": {"name": "image", "layout": "float32[3, H, W], RGB, values 0..1, one image of any size",
                   "min_size": list(getattr(transform, "min_size", ()) or ()),
                   "max_size": getattr(transform, "max_size", None),
@@ -99,8 +103,10 @@ def _export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, outpu
                  exporter: str, notes: list[str]) -> str:
     if exporter in ("auto", "dynamo"):  # "legacy": straight to the TorchScript-based exporter
         try:
-            # The dynamo exporter prints its progress on stdout; it goes to the debug log instead.
-            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as chatter:
+            # The dynamo exporter prints its progress on stdout, and torch logs the failing graph on stderr:
+            # both go to the debug log instead.
+            chatter = io.StringIO()
+            with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, ([sample],), str(path), dynamo=True, opset_version=max(opset, 18),
                                   input_names=["image"], output_names=outputs,
@@ -162,11 +168,18 @@ def default_output(checkpoint: Path, fmt: str) -> Path:
 
 
 def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", *, out: str | os.PathLike | None = None,
-                 opset: int = DEFAULT_OPSET, exporter: str = "auto",
+                 opset: int = DEFAULT_OPSET, exporter: str = "auto", score_threshold: float | None = None,
                  sample_size: tuple[int, int] = (320, 480)) -> ExportResult:
-    """Export the model of ``checkpoint`` (a ``.pt`` file or a run folder) and check the file against it."""
+    """Export the model of ``checkpoint`` (a ``.pt`` file or a run folder) and check the file against it.
+
+    ``score_threshold``: the file itself drops detections scoring below it, before its mask head and the
+    pasting of masks (faster prediction); None keeps the model's own (0.05 for torchvision's detectors),
+    which is what COCO evaluation of the file needs. The sidecar records it as ``min_score``.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if score_threshold is not None and not 0.0 <= score_threshold < 1.0:
+        raise ConfigError(f"--score-threshold {score_threshold}: must be in [0, 1)")
     path = Path(out) if out else default_output(Path(checkpoint), fmt)
     if path.suffix.lower() not in SUFFIXES or SUFFIXES[path.suffix.lower()] != fmt:
         raise ConfigError(f"{path}: a {fmt} file must end in "
@@ -178,6 +191,10 @@ def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", *, out: str |
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     model = model.eval()
+    if score_threshold is not None:
+        if not has_min_score(model):
+            raise ConfigError(f"{cfg.model.name}: has no score threshold inside it to set (no roi_heads.score_thresh)")
+        model.roi_heads.score_thresh = inner_threshold(score_threshold)
     outputs = _outputs(model)
     generator = torch.Generator().manual_seed(0)
     sample = torch.rand(3, *sample_size, generator=generator)
@@ -198,6 +215,7 @@ def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", *, out: str |
             reference = model([sample])[0]
             got = exported([sample])[0]
         parity = compare(reference, got, score_threshold=0.0)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
         os.replace(sidecar_path(tmp), sidecar_path(path))
     except torch.onnx.errors.UnsupportedOperatorError as e:

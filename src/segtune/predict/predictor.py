@@ -20,6 +20,7 @@ from segtune.errors import DatasetError
 from segtune.evaluation.coco_eval import detections
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import exported_format, load_exported
+from segtune.models.min_score import min_score_inside
 from segtune.predict.video import VIDEO_EXTENSIONS
 from segtune.predict.visualise import draw
 from segtune.runtime import resolve_device
@@ -141,7 +142,8 @@ class Predictor:
     @torch.inference_mode()
     def predict_batch(self, images: Iterable[ImageInput]) -> list[Prediction]:
         tensors = [to_uint8_chw(img) for img in images]
-        outputs = self.model([t.to(self.device).float() / 255.0 for t in tensors])
+        with min_score_inside(self.model, self.score_threshold):
+            outputs = self.model([t.to(self.device).float() / 255.0 for t in tensors])
         preds = []
         for tensor, out in zip(tensors, outputs):
             out = {k: v.cpu() for k, v in out.items()}

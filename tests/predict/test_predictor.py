@@ -1,0 +1,36 @@
+"""The Predictor drops low scores inside the model (fewer masks computed and pasted) with the same answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from segtune.engine import configure
+from segtune.models import build_from_config
+from segtune.predict import Predictor
+from tests.conftest import TINY_MODEL
+
+
+def test_a_high_score_threshold_runs_the_mask_head_on_fewer_boxes_and_answers_the_same() -> None:
+    torch.manual_seed(0)
+    cfg = configure(("test", {"data.path": ".", **TINY_MODEL}))
+    model = build_from_config(cfg.model, num_classes=3, classes=["a", "b"], load_weights=False).eval()
+    model.roi_heads.score_thresh = 0.0
+    rois: list[int] = []
+    model.roi_heads.mask_roi_pool.register_forward_hook(lambda m, args, out: rois.append(out.shape[0]))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    everything = Predictor(model, ["a", "b"], score_threshold=0.0)(image)
+    scores = everything.scores.sort(descending=True).values
+    assert len(scores) > 4
+    threshold = float(scores[len(scores) // 2])  # a threshold that keeps half, the boundary score included
+    kept = everything.scores >= threshold
+    rois.clear()
+    high = Predictor(model, ["a", "b"], score_threshold=threshold)(image)
+    assert rois == [int(kept.sum())]  # the mask head saw only what is kept
+    assert model.roi_heads.score_thresh == 0.0  # the model is given back as it was
+    order = everything.scores[kept].argsort(descending=True)
+    torch.testing.assert_close(high.scores, everything.scores[kept][order])
+    torch.testing.assert_close(high.boxes, everything.boxes[kept][order])
+    assert torch.equal(high.masks, everything.masks[kept][order])
+    assert high.labels.tolist() == everything.labels[kept][order].tolist()
