@@ -137,8 +137,11 @@ class TrainConfig:
     lr_milestones: list[int] = _opt([8, 11], "multistep: epochs at which the learning rate decays")
     lr_gamma: float = _opt(0.1, "step / multistep: decay factor")
     clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value (default: no clipping)")
-    amp: str = _opt("none", "mixed precision: none | fp16 (CUDA, with a grad scaler) | bf16 (CUDA or CPU autocast)",
-                    choices=["none", "fp16", "bf16"])
+    amp: str = _opt("none", "mixed precision: none | fp16 (CUDA, with a grad scaler) | bf16 (CUDA or CPU autocast) "
+                    "| auto (bf16 where the CPU or GPU runs it natively, fp16 on older GPUs, else none)",
+                    choices=["none", "fp16", "bf16", "auto"])
+    memory_format: str = _opt("auto", "weights' memory format in training: auto (channels-last under autocast) "
+                              "| channels_last | contiguous", choices=["auto", "channels_last", "contiguous"])
     accumulate: int = _opt(1, "gradient accumulation: one optimiser step every this many batches")
     ema: bool = _opt(False, "keep an exponential moving average of the weights; evaluated and saved as ema.pt")
     ema_decay: float = _opt(0.9998, "EMA decay per optimiser step")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segtune.config import build_config, preset_layer
-from segtune.engine.amp import keep_boxes_float32
+from segtune.engine.amp import keep_boxes_float32, resolve_amp, setup_amp
 from segtune.models import build_from_config
 
 
@@ -56,3 +56,41 @@ def test_a_thin_box_under_bf16_gives_a_nan_box_loss_unless_the_boxes_stay_float3
 
 def test_a_model_without_an_rpn_is_left_alone() -> None:
     assert keep_boxes_float32(torch.nn.Linear(2, 2)) is None
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "none")])
+def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bfloat16(monkeypatch: pytest.MonkeyPatch, native: bool,
+                                                              expected: str) -> None:
+    monkeypatch.setattr("segtune.engine.amp.cpu_has_native_bf16", lambda: native)
+    amp, why = resolve_amp("auto", torch.device("cpu"))
+    assert amp == expected and "bfloat16" in why
+    assert resolve_amp("none", torch.device("cpu"))[0] == "none"  # an explicit choice is kept
+
+
+def test_channels_last_under_autocast_keeps_the_parameters_an_optimiser_holds(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr("segtune.engine.amp.cpu_has_native_bf16", lambda: True)
+    cfg = build_config(preset_layer("cpu-scratch"))
+    net = build_from_config(cfg.model, 2).train()
+    conv = net.backbone.body.conv1.weight
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    with caplog.at_level("INFO", logger="segtune.train"):
+        dtype, _ = setup_amp("auto", torch.device("cpu"), net, "auto")
+    assert dtype == torch.bfloat16
+    assert net.backbone.body.conv1.weight is conv and conv.is_contiguous(memory_format=torch.channels_last)
+    assert "bf16 autocast, channels-last weights" in caplog.text
+    image, target = thin_box_sample()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = sum(net([image], [target]).values())
+    loss.backward()
+    before = conv.detach().clone()
+    optimizer.step()  # the optimiser built before the move updates the weights the model uses
+    assert not torch.equal(before, net.backbone.body.conv1.weight)
+
+
+def test_contiguous_weights_stay_contiguous_without_autocast() -> None:
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
+    assert setup_amp("none", torch.device("cpu"), net, "auto")[0] is None
+    assert net[0].weight.is_contiguous()
+    setup_amp("none", torch.device("cpu"), net, "channels_last")
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)

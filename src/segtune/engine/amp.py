@@ -1,4 +1,5 @@
-"""Owns mixed precision in training: the autocast dtype, the grad scaler, box coordinates kept in float32."""
+"""Owns the training step's number formats: the autocast dtype (``--amp``), the grad scaler, the
+memory format of the weights (``--memory-format``) and box coordinates kept in float32."""
 
 from __future__ import annotations
 
@@ -15,13 +16,41 @@ from segtune.runtime import cpu_has_native_bf16
 logger = logging.getLogger("segtune.train")
 
 
-def setup_amp(amp: str, device: torch.device, model: nn.Module) -> tuple[torch.dtype | None, torch.amp.GradScaler]:
-    """For ``train.amp`` (none | fp16 | bf16): the autocast dtype (None: no autocast) and the grad scaler
-    (on for fp16 only); under autocast, ``model``'s boxes stay float32 (:func:`keep_boxes_float32`).
+def resolve_amp(amp: str, device: torch.device) -> tuple[str, str]:
+    """``train.amp`` made concrete, and why: ``auto`` is bf16 on a CPU that runs bfloat16 natively
+    (AVX-512 BF16 or AMX) and on a CUDA GPU that supports it, fp16 on an older GPU, none elsewhere."""
+    if amp != "auto":
+        return amp, "asked for"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "--amp auto: this GPU supports bfloat16"
+        return "fp16", "--amp auto: this GPU has no bfloat16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16", "--amp auto: this CPU runs bfloat16 natively (AVX-512 BF16 or AMX)"
+    return "none", "--amp auto: this CPU has no native bfloat16 (AVX-512 BF16 or AMX), where bf16 is slower"
+
+
+def resolve_memory_format(memory_format: str, amp: str, model: nn.Module) -> bool:
+    """Whether to keep ``model``'s weights channels-last: ``auto`` does when autocast is on (the pair
+    measured and validated together, see docs/training.md), and ``channels_last`` always."""
+    if memory_format == "auto":
+        return amp != "none"
+    return memory_format == "channels_last"
+
+
+def setup_amp(amp: str, device: torch.device, model: nn.Module,
+              memory_format: str = "contiguous") -> tuple[torch.dtype | None, torch.amp.GradScaler]:
+    """For ``train.amp`` (auto | none | fp16 | bf16): the autocast dtype (None: no autocast) and the grad
+    scaler (on for fp16 only); under autocast, ``model``'s boxes stay float32 (:func:`keep_boxes_float32`).
+    With ``memory_format`` (auto | channels_last | contiguous) saying so, ``model``'s 4-d weights move
+    to channels-last in place (the parameters stay the same objects, so an optimiser built over them
+    keeps working); convolutions then run channels-last from their first layer on. Logs what it chose.
 
     Raises:
         ConfigError: fp16 on a device other than CUDA.
     """
+    asked = amp
+    amp, why = resolve_amp(amp, device)
     if amp == "fp16" and device.type != "cuda":
         raise ConfigError("train.amp fp16 needs a CUDA device (on CPU use bf16 or none)")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
@@ -30,6 +59,12 @@ def setup_amp(amp: str, device: torch.device, model: nn.Module) -> tuple[torch.d
                        "so bf16 autocast is slower than float32 here; use --amp none")
     if dtype is not None:
         keep_boxes_float32(model)
+    channels_last = resolve_memory_format(memory_format, amp, model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if asked == "auto" or channels_last:
+        logger.info("number formats: %s autocast, %s weights (%s)", "no" if dtype is None else amp,
+                    "channels-last" if channels_last else "contiguous", why)
     return dtype, torch.amp.GradScaler("cuda", enabled=amp == "fp16")
 
 

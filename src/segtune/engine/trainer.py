@@ -172,7 +172,8 @@ class Trainer:
             restore_training_state(self, resume)
 
     def _setup_amp(self) -> None:
-        self.autocast_dtype, self.scaler = setup_amp(self.cfg.train.amp, self.device, self.model)
+        self.autocast_dtype, self.scaler = setup_amp(self.cfg.train.amp, self.device, self.model,
+                                                         self.cfg.train.memory_format)
 
     # --- the loop -------------------------------------------------------------------------------
 
