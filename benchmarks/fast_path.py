@@ -12,26 +12,33 @@ ways, on the same split:
   process seeded from the run's seed, so the model's own random draws cannot move them);
 * ``bf16``: bf16 autocast with contiguous weights (the preset until the fast path), seed 0;
 * ``fp32-seed1``: float32 again with another seed (other weights, other batches): the noise, what
-  two equally good runs differ by.
+  two equally good runs differ by;
+* ``fast-seed1``: the fast path with that other seed, so each side has two seeds.
 
 For each: the loss of every step, wall seconds per step (median), and bbox + segm AP on the test
 split after the last step. Prints the loss curves' gap (mean absolute difference of the 25-step
 running means) of each way against ``fp32``, beside the gap of ``fp32-seed1``, and the AP; writes
 benchmarks/results/fast_path-TAG.json. A way is "within noise" when its loss gap is no larger than
-the seed gap and its AP is within the seed run's AP difference (or 0.01, whichever is larger).
+the seed gap and its AP is within the seed run's AP difference (or 0.01, whichever is larger). With
+``fast-seed1`` as well, the two seeds' mean AP of ``fast`` and ``fp32`` are compared too (the line
+"two seeds each"). ``--add`` runs only the ways named by ``--ways`` and keeps the other rows of an
+existing results file (a way takes one run of several minutes: they can be run one session at a time).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from common import DATA, machine, write_result
+import yaml
+
+from common import DATA, RESULTS, machine, write_result
 
 from segtune.engine import configure
 from segtune.engine.hooks import Hook
@@ -44,6 +51,7 @@ WAYS: dict[str, dict[str, Any]] = {
     "fast": {"train.amp": "bf16", "train.memory_format": "channels_last", "train.seed": 0},
     "bf16": {"train.amp": "bf16", "train.memory_format": "contiguous", "train.seed": 0},
     "fp32-seed1": {"train.amp": "none", "train.memory_format": "contiguous", "train.seed": 1},
+    "fast-seed1": {"train.amp": "bf16", "train.memory_format": "channels_last", "train.seed": 1},
 }
 WINDOW = 25
 
@@ -87,6 +95,29 @@ def within_noise(row: dict[str, Any], base: dict[str, Any], seed: dict[str, Any]
     return True
 
 
+def two_seed_comparison(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean AP of ``fast`` and ``fast-seed1`` against ``fp32`` and ``fp32-seed1``, and the loss gap of
+    the two fast runs' mean curve to the two fp32 runs' mean curve; None unless all four ran."""
+    by = {r["way"]: r for r in rows}
+    if not all(w in by for w in ("fp32", "fp32-seed1", "fast", "fast-seed1")):
+        return None
+    out: dict[str, Any] = {}
+    for key in ("bbox_AP", "segm_AP"):
+        if by["fp32"][key] is None:
+            continue
+        fp32 = statistics.fmean([by["fp32"][key], by["fp32-seed1"][key]])
+        fast = statistics.fmean([by["fast"][key], by["fast-seed1"][key]])
+        out[key] = {"fp32_mean": round(fp32, 4), "fast_mean": round(fast, 4), "difference": round(fast - fp32, 4),
+                    "fp32_seed_spread": round(abs(by["fp32"][key] - by["fp32-seed1"][key]), 4),
+                    "fast_seed_spread": round(abs(by["fast"][key] - by["fast-seed1"][key]), 4)}
+    mean = lambda a, b: [(x + y) / 2 for x, y in zip(a, b)]  # noqa: E731
+    out["mean_curve_gap"] = gap(mean(by["fast"]["losses"], by["fast-seed1"]["losses"]),
+                                mean(by["fp32"]["losses"], by["fp32-seed1"]["losses"]))
+    out["within_noise"] = all(abs(v["difference"]) <= max(v["fp32_seed_spread"], 0.01)
+                              for k, v in out.items() if k.endswith("_AP"))
+    return out
+
+
 def train_one(way: str, steps: int, data: str, out: str, extra: dict[str, Any]) -> dict[str, Any]:
     preset = preset_layer("cpu-scratch")
     # One epoch of `steps` iterations: cpu-scratch's batch of 4 over the training images, repeated.
@@ -113,7 +144,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--tag", default="pennfudan", help="names the results file: fast_path-TAG.json")
-    parser.add_argument("--ways", default=",".join(WAYS))
+    parser.add_argument("--ways", default="fp32,fast,bf16,fp32-seed1")
+    parser.add_argument("--add", action="store_true",
+                        help="keep the rows of an existing fast_path-TAG.json; run only --ways")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another setting for every way (e.g. data.format=coco)")
     args = parser.parse_args()
@@ -124,9 +157,13 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             sys.exit(f"--set {item!r}: expected section.key=value")
-        extra[key] = value
-    rows = []
-    for way in args.ways.split(","):
+        extra[key] = yaml.safe_load(value)  # as segtune's own key=value overrides
+    rows: list[dict[str, Any]] = []
+    result_file = RESULTS / f"fast_path-{args.tag}.json"
+    ways = args.ways.split(",")
+    if args.add and result_file.is_file():
+        rows = [r for r in json.loads(result_file.read_text())["rows"] if r["way"] not in ways]
+    for way in ways:
         print(f"\n## {way}", flush=True)
         rows.append(train_one(way, args.steps, args.data, f"runs/benchmarks/fast_path/{args.tag}", extra))
     base = next((r for r in rows if r["way"] == "fp32"), None)
@@ -143,9 +180,13 @@ def main() -> None:
         print(f"| {r['way']} | {r['s_per_step_median']:.3f} | {r.get('speedup_vs_fp32', '–')} | "
               f"{r.get('loss_gap_vs_fp32', '–')} | {r['bbox_AP']:.3f} | {r['segm_AP'] or 0:.3f} | "
               f"{r.get('within_noise', '–')} |")
+    pair = two_seed_comparison(rows)
+    if pair:
+        print(f"\ntwo seeds each: {pair}")
     out = write_result(f"fast_path-{args.tag}.json", {
         "date": datetime.date.today().isoformat(), "machine_line": machine(), "data": str(Path(args.data)),
-        "steps": args.steps, "window": WINDOW, "seed_gap": seed_gap, "settings": extra, "rows": rows})
+        "steps": args.steps, "window": WINDOW, "seed_gap": seed_gap, "settings": extra, "rows": rows,
+        **({"two_seeds": pair} if pair else {})})
     print(f"\nwrote {out}")
 
 

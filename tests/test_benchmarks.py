@@ -125,3 +125,70 @@ def test_the_timer_scores_when_due_with_the_clock_paused_and_not_at_the_budgets_
     trainer.clock._elapsed = 200.0
     step(10)  # due, but the budget ends here: the epoch end scores these weights
     assert len(calls) == 1 and trainer.end_reason is not None
+
+
+@pytest.fixture
+def bench(monkeypatch, tmp_path):
+    """A benchmark script as a module, its results written under tmp_path: ``bench("adaptive_recipe")``."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    common = importlib.import_module("common")
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    loaded = []
+
+    def load(name: str):
+        module = importlib.import_module(name)
+        monkeypatch.setattr(module, "RESULTS", tmp_path / "results", raising=False)
+        loaded.append(name)
+        return module
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
+
+
+def test_the_adaptive_recipe_benchmark_runs_both_ways_and_adds_rows(bench, tmp_path, monkeypatch,
+                                                                   fake_training_clock, capsys):
+    """Both ways at one tiny budget on a synthetic set; --add keeps the other way's row; the fitted way's
+    settings are the ones its run used (the input and detection groups are given here, so only anchors fit)."""
+    fake_training_clock(0.05)
+    module = bench("adaptive_recipe")
+    monkeypatch.chdir(tmp_path)
+    data = make_mask_folder(tmp_path / "data", n=6)
+    sets = [f"{k}={v}" for k, v in TINY_MODEL.items()] + ["data.test_size=2", "train.repeat=1"]
+    argv = ["adaptive_recipe.py", "--data", str(data), "--tag", "tiny", "--minutes", "0.02"]
+    for s in sets:
+        argv += ["--set", s]
+    monkeypatch.setattr(sys, "argv", argv)
+    module.main()
+    result = json.loads((tmp_path / "results" / "adaptive_recipe-tiny.json").read_text())
+    fixed, adaptive = result["rows"]
+    assert (fixed["way"], adaptive["way"]) == ("fixed", "adaptive")
+    assert fixed["settings"]["anchor_sizes"] == [32, 64, 128, 256]
+    assert adaptive["settings"]["anchor_sizes"] != fixed["settings"]["anchor_sizes"]
+    assert adaptive["settings"]["min_size"] == fixed["settings"]["min_size"] == 64  # given: not fitted
+    assert result["objects"].startswith("object sizes")
+    assert "| adaptive | 64-96 |" in capsys.readouterr().out
+
+    monkeypatch.setattr(sys, "argv", argv + ["--ways", "fixed", "--add"])
+    module.main()
+    again = json.loads((tmp_path / "results" / "adaptive_recipe-tiny.json").read_text())
+    assert [r["way"] for r in again["rows"]] == ["fixed", "adaptive"]
+    assert again["rows"][1] == adaptive
+
+
+def test_the_fast_path_benchmark_compares_two_seeds_a_side(bench):
+    module = bench("fast_path")
+    losses = [3.0 - 0.01 * i for i in range(60)]
+
+    def row(way: str, bbox: float, segm: float, shift: float = 0.0) -> dict:
+        return {"way": way, "bbox_AP": bbox, "segm_AP": segm, "losses": [x + shift for x in losses]}
+
+    rows = [row("fp32", 0.25, 0.20), row("fp32-seed1", 0.21, 0.18, 0.05), row("fast", 0.21, 0.19, 0.01),
+            row("fast-seed1", 0.24, 0.19, 0.02)]
+    pair = module.two_seed_comparison(rows)
+    assert pair["bbox_AP"] == {"fp32_mean": 0.23, "fast_mean": 0.225, "difference": -0.005,
+                               "fp32_seed_spread": 0.04, "fast_seed_spread": 0.03}
+    assert pair["mean_curve_gap"] == pytest.approx(0.01 - 0.0, abs=1e-4) and pair["within_noise"] is True
+    rows[3] = row("fast-seed1", 0.10, 0.19)
+    assert module.two_seed_comparison(rows)["within_noise"] is False
+    assert module.two_seed_comparison(rows[:3]) is None

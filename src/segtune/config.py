@@ -33,6 +33,16 @@ def _opt(default: Any, help: str, *, flag: str | None = None, choices: list[str]
     return field(default=default, metadata=meta)
 
 
+#: What ``model.adapt_to_data`` may fit to the data (segtune.engine.adapt), and the settings of each.
+ADAPT_GROUPS: dict[str, tuple[str, ...]] = {
+    "input_size": ("model.min_size", "model.max_size"),
+    "anchors": ("model.anchor_sizes", "model.aspect_ratios", "model.fpn_levels"),
+    "detections": ("model.box_detections_per_img", "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_test",
+                   "model.rpn_pre_nms_top_n_train", "model.rpn_post_nms_top_n_train",
+                   "model.box_batch_size_per_image"),
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     path: str | None = _opt(
@@ -111,6 +121,12 @@ class ModelConfig:
     box_batch_size_per_image: int = _opt(512, "RoIs sampled per image for the box/mask heads in training")
     box_detections_per_img: int = _opt(100, "most detections returned per image")
     mask_hidden: int = _opt(256, "hidden channels of the new mask predictor")
+    adapt_to_data: list[str] = _opt([], "fit these settings to the training images after the data check, "
+                                    "comma-separated: input_size (min/max size from the object sizes), anchors "
+                                    "(custom backbone: anchor sizes and aspect ratios from the box shapes, the "
+                                    "stride-4 level for small objects), detections (detections, proposals and RoI "
+                                    "samples per image from the instance counts); a group any of whose settings "
+                                    "you give yourself is left as you give it")
 
 
 @dataclass(frozen=True)
@@ -137,8 +153,8 @@ class TrainConfig:
     lr_milestones: list[int] = _opt([8, 11], "multistep: epochs at which the learning rate decays")
     lr_gamma: float = _opt(0.1, "step / multistep: decay factor")
     clip_grad_norm: float | None = _opt(None, "clip the gradient norm to this value (default: no clipping)")
-    amp: str = _opt("none", "mixed precision: none | fp16 (CUDA, with a grad scaler) | bf16 (CUDA or CPU autocast) "
-                    "| auto (bf16 where the CPU or GPU runs it natively, fp16 on older GPUs, else none)",
+    amp: str = _opt("auto", "mixed precision: auto (bf16 where the CPU or GPU runs it natively, fp16 on older GPUs, "
+                    "else none) | none | fp16 (CUDA, with a grad scaler) | bf16 (CUDA or CPU autocast)",
                     choices=["none", "fp16", "bf16", "auto"])
     memory_format: str = _opt("auto", "weights' memory format in training: auto (channels-last under autocast) "
                               "| channels_last | contiguous", choices=["auto", "channels_last", "contiguous"])
@@ -325,6 +341,9 @@ def validate(cfg: Config) -> None:
             value = getattr(getattr(cfg, section), f.name)
             if choices and value not in choices:
                 raise ConfigError(f"{section}.{f.name} '{value}' is not one of: {', '.join(choices)}")
+    unknown = sorted(set(cfg.model.adapt_to_data) - set(ADAPT_GROUPS))
+    if unknown:
+        raise ConfigError(f"model.adapt_to_data: {', '.join(unknown)} unknown; choose from: {', '.join(ADAPT_GROUPS)}")
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),

@@ -69,7 +69,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # hour does not flatten (docs/cpu-recipe.md: 3 seeds with and without).
         "train.augment": ["hflip", "lsj", "copypaste"],
         "train.lsj_scale": [0.5, 1.5],
-        "train.amp": "bf16",  # 1.4x the steps per minute on CPUs with AVX-512 BF16; plain autocast elsewhere
+        "train.amp": "auto",  # bf16 + channels-last where the CPU runs bf16 natively (1.3x the steps); fp32 elsewhere
         "train.repeat": 10,
         "train.epochs": 100,  # an upper bound: the schedule is fitted to the time limit
         "train.time_limit": 60,

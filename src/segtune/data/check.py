@@ -25,6 +25,7 @@ from segtune.config import resolve_data_path
 from segtune.data.base import ERROR, WARNING, DetectionDataset, Problem, ProblemSink
 from segtune.data.build import open_dataset
 from segtune.data.check_cache import fingerprint, load_report, save_report
+from segtune.data.shapes import SAMPLE, SAMPLE_PER_CHUNK, box_rows, describe, even_sample
 from segtune.errors import DatasetError
 from segtune.runtime import track
 
@@ -59,6 +60,8 @@ class CheckReport:
         small_boxes: boxes narrower or lower than ``min_box_size``.
         problems: every defect, in the order found; ``error`` ones stop training.
         instance_counts: instances (crowd regions excluded) per image name, for judging a split.
+        box_sample: an even sample of the boxes, ``[image, width, height, image width, image height]``
+            each (:mod:`segtune.data.shapes`), for fitting a recipe to the data.
     """
 
     path: str
@@ -77,6 +80,7 @@ class CheckReport:
     min_box_size: float = 0.0
     small_boxes: int = 0
     problems: list[Problem] = field(default_factory=list)
+    box_sample: list[list[Any]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -110,6 +114,9 @@ class CheckReport:
             lines.append(f"image sizes: width {self.width_range[0]}..{self.width_range[1]}, "
                          f"height {self.height_range[0]}..{self.height_range[1]} px")
         lines.append(f"boxes smaller than {self.min_box_size:g} px: {self.small_boxes}")
+        shapes = describe(self.box_sample)
+        if shapes:
+            lines.append(shapes)
         lines.append(f"classes ({len(self.class_counts)}):")
         lines.extend(_histogram(self.class_counts))
         lines.append("")
@@ -239,6 +246,7 @@ class _Part:
     per_image: list[int] = field(default_factory=list)
     heights: list[int] = field(default_factory=list)
     widths: list[int] = field(default_factory=list)
+    boxes: list[list[Any]] = field(default_factory=list)
     reader_problems: list[Problem] = field(default_factory=list)
 
 
@@ -266,10 +274,12 @@ def _scan_chunk(dataset: DetectionDataset, indices: range, min_box_size: float) 
         report.crowd += crowd
         report.instance_counts[view.files[i]] = count - crowd
         part.labels.update(int(v) for v in target["labels"])
+        part.boxes += box_rows(view.files[i], target, image.shape[1], image.shape[0])
         if count == 0:
             report.empty_images.append(view.files[i])
         _check_box_sizes(view, i, target, report)
     part.reader_problems = view.sink.problems
+    part.boxes = even_sample(part.boxes, SAMPLE_PER_CHUNK)
     return part
 
 
@@ -323,6 +333,7 @@ def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> 
     heights: list[int] = []
     widths: list[int] = []
     reader_problems: list[Problem] = []
+    boxes: list[list[Any]] = []
     for part in parts:
         got = part.report
         report.instances += got.instances
@@ -336,7 +347,9 @@ def _scan(dataset: DetectionDataset, report: CheckReport, *, progress: bool) -> 
         per_image += part.per_image
         heights += part.heights
         widths += part.widths
+        boxes += part.boxes
         reader_problems += part.reader_problems
+    report.box_sample = even_sample(boxes, SAMPLE)
     report.class_counts = {name: labels.get(k, 0) for k, name in enumerate(dataset.classes, 1)}
     outside = sorted(k for k in labels if not 1 <= k <= len(dataset.classes))
     if outside:  # a reader bug rather than a data defect, but the doctor should not hide it

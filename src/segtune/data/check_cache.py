@@ -34,6 +34,9 @@ _IRRELEVANT = ("path", "val_path", "test_path", "test_size", "test_max", "split"
                "check_cache", "cache", "cache_max_gb")
 
 
+#: Bumped when the report gains or changes a field, so a report kept by an older segtune is not reused.
+REPORT_VERSION = 2
+
 #: The folder beside the data that holds segtune's notes on it.
 BESIDE_DATA = ".segtune"
 
@@ -78,7 +81,7 @@ def fingerprint(dataset: DetectionDataset, data_cfg: Any, data_path: str | Path)
     settings = {k: v for k, v in dataclasses.asdict(data_cfg).items() if k not in _IRRELEVANT}
     identity = json.dumps([dataset.format, str(Path(data_path).resolve()), str(dataset.root), settings],
                           sort_keys=True, default=str)
-    digest = hashlib.sha256(json.dumps([__version__, identity]).encode())
+    digest = hashlib.sha256(json.dumps([__version__, REPORT_VERSION, identity]).encode())
     seen: set[Path] = set()
     for i in range(len(dataset)):
         for path in dataset.source_files(i):

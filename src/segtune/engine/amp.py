@@ -62,10 +62,29 @@ def setup_amp(amp: str, device: torch.device, model: nn.Module,
     channels_last = resolve_memory_format(memory_format, amp, model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
+        keep_heatmaps_contiguous(model)
     if asked == "auto" or channels_last:
         logger.info("number formats: %s autocast, %s weights (%s)", "no" if dtype is None else amp,
                     "channels-last" if channels_last else "contiguous", why)
     return dtype, torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+
+
+def _contiguous(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+    return output.contiguous()
+
+
+def keep_heatmaps_contiguous(model: nn.Module) -> RemovableHandle | None:
+    """Make a Keypoint R-CNN's keypoint predictor answer in contiguous memory; None if it has none.
+
+    With channels-last weights its heatmap logits come out channels-last, and torchvision's
+    ``keypointrcnn_loss`` flattens them with ``.view(N * K, H * W)``, which such strides refuse
+    ("view size is not compatible with input tensor's size and stride"). Written here because
+    torchvision has no switch for it; a forward hook, so the state dict's keys do not change.
+    """
+    predictor = getattr(getattr(model, "roi_heads", None), "keypoint_predictor", None)
+    if predictor is None:
+        return None
+    return predictor.register_forward_hook(_contiguous)
 
 
 def _to_float32(_module: nn.Module, _inputs: Any, outputs: tuple[list[torch.Tensor], list[torch.Tensor]]) -> Any:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from segtune.checkpoint import load_checkpoint, run_state_of
-from segtune.config import Config, build_config, flatten, load_yaml, preset_layer, resolve_data_path
+from segtune.config import ADAPT_GROUPS, Config, build_config, flatten, load_yaml, preset_layer, resolve_data_path
 from segtune.configs import named_config
 from segtune.engine.state import find_resume_checkpoint
 from segtune.models import default_weights, weights_available
@@ -52,6 +52,18 @@ def choose_preset(device: str = "auto", model: str | None = None) -> str:
     logger.warning("preset auto -> cpu-quick: %s, so this runs a short schedule on small images from random "
                    "initialisation.", why)
     return "cpu-quick"
+
+
+def _keep_given(cfg: Config, given: set[str]) -> Config:
+    """``cfg`` without the ``model.adapt_to_data`` groups any of whose settings the user gave (a flag, a
+    config file, a resumed run's config): what is given is never fitted over."""
+    kept = [g for g in cfg.model.adapt_to_data if not given & set(ADAPT_GROUPS[g])]
+    if kept == list(cfg.model.adapt_to_data):
+        return cfg
+    dropped = [g for g in cfg.model.adapt_to_data if g not in kept]
+    logger.info("model.adapt_to_data: %s not fitted to the data: set by you (%s)", ", ".join(dropped),
+                ", ".join(sorted(k for g in dropped for k in ADAPT_GROUPS[g] if k in given)))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapt_to_data=kept))
 
 
 def configure(*layers: Layer, config: str | os.PathLike | None = None) -> Config:
@@ -95,6 +107,9 @@ def configure(*layers: Layer, config: str | os.PathLike | None = None) -> Config
         preset = choose_preset(str(device), None if model is None else str(model))
     stripped = [(src, {k: v for k, v in values.items() if k != "train.preset"}) for src, values in user]
     cfg = build_config(preset_layer(str(preset)), *stripped)
+    # A resumed run keeps its fitted values (its own config is the lowest user layer; the trainer fits
+    # nothing when resuming), so only what is given on top of it counts here.
+    cfg = _keep_given(cfg, {key for _, values in stripped[1 if resume else 0:] for key in values})
     # The data folder's own default ($SEGTUNE_DATA, else the shared Penn-Fudan copy) is part of
     # resolving, so config.yaml names the folder the run reads.
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=resolve_data_path(cfg.data.path)))

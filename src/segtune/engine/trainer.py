@@ -24,6 +24,7 @@ from segtune.data import DetectionDataset, build_collate, prepare, save_split
 from segtune.data.build import build_loader, build_loader_from_batches
 from segtune.data.decoded_cache import make_cache
 from segtune.engine import distributed as dist
+from segtune.engine.adapt import adapt_to_data
 from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch
 from segtune.engine.checkpoints import best_index
@@ -123,6 +124,9 @@ class Trainer:
                               f"person-keypoints file: 'keypoints' in its categories and annotations)")
         self.keypoints = keypoints if spec.has_keypoints else {}
         self.split = self.data.split(cfg.data, resume)
+        if cfg.model.adapt_to_data and resume is None:
+            composed = cfg.model.fpn and "anchor_sizes" in spec.from_config(cfg.model)
+            self.cfg = cfg = adapt_to_data(cfg, self.report, self.split["train"], composed=composed)[0]
 
         seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
         model = self._given_model
