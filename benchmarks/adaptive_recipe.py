@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from common import DATA, RESULTS, machine, write_result
+from common import DATA, RESULTS, machine, parse_sets, write_result
 
 from segtune.data.shapes import describe
 from segtune.engine import configure
@@ -74,12 +73,8 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="another setting for every way (e.g. data.format=coco)")
     args = parser.parse_args()
-    extra: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            sys.exit(f"--set {item!r}: expected section.key=value")
-        extra[key] = yaml.safe_load(value)  # as segtune's own key=value overrides
+    logging.getLogger("segtune").setLevel(logging.INFO)  # each run's train.log as `segtune train` writes it
+    extra = parse_sets(args.set)
     ways = args.ways.split(",")
     unknown = [w for w in ways if w not in WAYS]
     if unknown:

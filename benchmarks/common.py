@@ -13,6 +13,22 @@ RESULTS = Path(__file__).parent / "results"
 DATA = os.environ.get("SEGTUNE_DATA", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "PennFudanPed"))
 
 
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set section.key=value`` items as config overrides, each value read as YAML (as segtune reads
+    its own ``key=value`` overrides); exits with a message on an item without ``=``."""
+    import sys
+
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"--set {item!r}: expected section.key=value")
+        values[key] = yaml.safe_load(value)
+    return values
+
+
 def machine() -> str:
     """One line naming the CPU (or GPU), the threads torch uses and the torch / torchvision versions."""
     import torchvision

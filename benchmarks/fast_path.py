@@ -31,14 +31,11 @@ import argparse
 import datetime
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from common import DATA, RESULTS, machine, write_result
+from common import DATA, RESULTS, machine, parse_sets, write_result
 
 from segtune.engine import configure
 from segtune.engine.hooks import Hook
@@ -152,12 +149,7 @@ def main() -> None:
     args = parser.parse_args()
     if not cpu_has_native_bf16():
         print("note: this CPU has no native bfloat16 (AVX-512 BF16 or AMX): the bf16 ways run emulated, slowly")
-    extra: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            sys.exit(f"--set {item!r}: expected section.key=value")
-        extra[key] = yaml.safe_load(value)  # as segtune's own key=value overrides
+    extra = parse_sets(args.set)
     rows: list[dict[str, Any]] = []
     result_file = RESULTS / f"fast_path-{args.tag}.json"
     ways = args.ways.split(",")

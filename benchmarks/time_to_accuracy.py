@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from common import DATA, RESULTS, append_record, write_result
+from common import DATA, RESULTS, append_record, parse_sets, write_result
 from segtune.config import PRESETS
 from segtune.engine.hooks import Hook
 from segtune.engine.presets import configure
@@ -107,16 +107,6 @@ def run_one(recipe: str, seed: int, minutes: float, eval_every: float, sets: dic
         "segm_first_reached_min": first_reached(curve, "segm_AP"),
         "bbox_first_reached_min": first_reached(curve, "bbox_AP"),
     }
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    sets = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            sys.exit(f"--set {item!r}: expected section.key=value")
-        sets[key] = yaml.safe_load(value)
-    return sets
 
 
 def spread(values: list[float]) -> str:

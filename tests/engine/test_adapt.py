@@ -106,6 +106,10 @@ def test_a_run_fitted_to_its_data_keeps_the_fitted_model(tmp_path, caplog: pytes
         result = trainer.fit()
     assert "fitted to the data (model.adapt_to_data: input_size, anchors, detections;" in caplog.text
     assert "  anchors: model.anchor_sizes 32,64,128,256 -> " in caplog.text
+    # Said while the run is set up, before its folder exists, and still in its train.log.
+    log = (result.run_dir / "train.log").read_text()
+    assert "fitted to the data (model.adapt_to_data" in log and "number formats:" in log
+    assert log.index("fitted to the data") < log.index("run folder:")
     written = yaml.safe_load((result.run_dir / "config.yaml").read_text())["model"]
     fitted = trainer.cfg.model
     assert written["anchor_sizes"] == fitted.anchor_sizes != [32, 64, 128, 256]

@@ -45,10 +45,40 @@ def new_run_dir(out: str | os.PathLike) -> Path:
     return candidate
 
 
-def attach_log_file(run_dir: Path) -> logging.Handler:
+class HeldLines(logging.Handler):
+    """What segtune logs while a run is set up, before its folder exists (the data check's summary, the
+    number formats, the settings fitted to the data), kept to start its ``train.log`` with; at most
+    ``limit`` lines (a data set with thousands of warnings keeps its first ones)."""
+
+    def __init__(self, limit: int = 2000) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.limit = limit
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.limit:
+            self.records.append(record)
+
+
+def hold_setup_lines() -> HeldLines:
+    held = HeldLines()
+    logging.getLogger("segtune").addHandler(held)
+    return held
+
+
+def release_setup_lines(held: HeldLines) -> None:
+    logging.getLogger("segtune").removeHandler(held)
+
+
+def attach_log_file(run_dir: Path, held: HeldLines | None = None) -> logging.Handler:
+    """Log to ``run_dir/train.log`` from now on, starting with the ``held`` lines of the set-up."""
     handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.INFO)
+    if held is not None:
+        release_setup_lines(held)
+        for record in held.records:
+            handler.handle(record)
     logging.getLogger("segtune").addHandler(handler)
     return handler
 

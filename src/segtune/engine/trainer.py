@@ -33,8 +33,8 @@ from segtune.engine.hooks import Hook, HookList
 from segtune.engine.logger import EpochReporter, log_run_start
 from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from segtune.engine.run_data import open_run_data
-from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file, new_run_dir,
-                               write_run_state)
+from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file,
+                                hold_setup_lines, new_run_dir, release_setup_lines, write_run_state)
 from segtune.engine.signals import StopSignals
 from segtune.engine.state import find_resume_checkpoint, hook_states, load_resume_state, restore_training_state
 from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
@@ -183,12 +183,17 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         """Run every remaining epoch; see :func:`train`."""
-        self._setup()
-        cfg = self.cfg
-        resumed = getattr(self, "resumed_from", None)
-        self.run_dir = Path(resumed).parent.parent if resumed else (new_run_dir(cfg.train.out) if self.main else None)
-        self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
-        handler = attach_log_file(self.run_dir) if self.main else None
+        held = hold_setup_lines()  # the set-up's lines start train.log, once the run folder exists
+        try:
+            self._setup()
+            cfg = self.cfg
+            resumed = getattr(self, "resumed_from", None)
+            self.run_dir = (Path(resumed).parent.parent if resumed
+                            else (new_run_dir(cfg.train.out) if self.main else None))
+            self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
+        finally:
+            release_setup_lines(held)
+        handler = attach_log_file(self.run_dir, held) if self.main else None
         self.hooks = HookList(build_hooks(self) + self.user_hooks)
         if self._resume is not None:
             self.hooks.load_state_dict(hook_states(self._resume))
