@@ -125,8 +125,8 @@ class ModelConfig:
                                     "comma-separated: input_size (min/max size from the object sizes), anchors "
                                     "(custom backbone: anchor sizes and aspect ratios from the box shapes, the "
                                     "stride-4 level for small objects), detections (detections, proposals and RoI "
-                                    "samples per image from the instance counts); a group any of whose settings "
-                                    "you give yourself is left as you give it")
+                                    "samples per image from the instance counts), or none; a group any of whose "
+                                    "settings you give yourself is left as you give it")
 
 
 @dataclass(frozen=True)
@@ -329,6 +329,8 @@ def build_config(*layers: tuple[str, dict[str, Any]]) -> Config:
         }
         sections[section] = cls(**values)
     cfg = Config(**sections)
+    if "none" in cfg.model.adapt_to_data:  # --adapt-to-data none: fit nothing
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapt_to_data=[]))
     validate(cfg)
     return cfg
 

@@ -77,6 +77,7 @@ def test_a_group_you_set_is_not_fitted(tmp_path, caplog: pytest.LogCaptureFixtur
                                   "model.adapt_to_data": groups}), ("command line", {"model.min_size": 512}))
     assert cfg.model.adapt_to_data == ["anchors", "detections"] and cfg.model.min_size == 512
     assert "input_size not fitted to the data: set by you (model.min_size)" in caplog.text
+    assert build_config(("flags", {"model.adapt_to_data": ["none"]})).model.adapt_to_data == []
     with pytest.raises(ConfigError, match="model.adapt_to_data: sizes unknown; choose from: input_size"):
         configure(("test", {"data.path": str(tmp_path), "model.adapt_to_data": ["sizes"]}))
 
