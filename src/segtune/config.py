@@ -37,9 +37,7 @@ def _opt(default: Any, help: str, *, flag: str | None = None, choices: list[str]
 ADAPT_GROUPS: dict[str, tuple[str, ...]] = {
     "input_size": ("model.min_size", "model.max_size"),
     "anchors": ("model.anchor_sizes", "model.aspect_ratios", "model.fpn_levels"),
-    "detections": ("model.box_detections_per_img", "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_test",
-                   "model.rpn_pre_nms_top_n_train", "model.rpn_post_nms_top_n_train",
-                   "model.box_batch_size_per_image"),
+    "detections": ("model.box_detections_per_img", "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_test"),
 }
 
 
@@ -124,8 +122,8 @@ class ModelConfig:
     adapt_to_data: list[str] = _opt([], "fit these settings to the training images after the data check, "
                                     "comma-separated: input_size (min/max size from the object sizes), anchors "
                                     "(custom backbone: anchor sizes and aspect ratios from the box shapes, the "
-                                    "stride-4 level for small objects), detections (detections, proposals and RoI "
-                                    "samples per image from the instance counts), or none; a group any of whose "
+                                    "stride-4 level for small objects), detections (detections and proposals per "
+                                    "image at inference from the instance counts), or none; a group any of whose "
                                     "settings you give yourself is left as you give it")
 
 
