@@ -155,8 +155,7 @@ def fit_anchors(shapes: Shapes, min_size: int, max_size: int, fpn_levels: int,
     if small < STRIDE4_BELOW and fpn_levels < 4:
         levels = 4
         notes.append(f"stride-4 level added: the tenth-smallest object is {small:.0f} px at the input")
-    ratios_new = [round(float(r), 2) for r in torch.exp(kmeans_1d(torch.log(wh[:, 1] / wh[:, 0]), 3))]
-    ratios_new = sorted({r for r in ratios_new})
+    ratios_new = sorted({round(float(r), 2) for r in torch.exp(kmeans_1d(torch.log(wh[:, 1] / wh[:, 0]), 3))})
     stride = 2 ** (6 - levels)  # fpn_levels 4: strides 4..32 (+ the pooled 64); 3: 8..32 (+ 64)
     count = levels + 1
     best: tuple[float, float, list[int]] | None = None
@@ -194,9 +193,9 @@ def adapt_to_data(cfg: Config, report: Any, train: list[str], *, composed: bool)
     of the data doctor's ``report``, and the choices made (each also logged). ``composed``: the model is
     built on a custom backbone (only then are its anchors and pyramid levels settings)."""
     groups = list(cfg.model.adapt_to_data)
-    shapes = Shapes.of(report.box_sample, report.instance_counts, train)
     if not groups:
         return cfg, []
+    shapes = Shapes.of(report.box_sample, report.instance_counts, train)
     if not len(shapes.boxes):
         logger.warning("model.adapt_to_data: the training images have no boxes to fit to; the recipe's settings "
                        "are kept")
