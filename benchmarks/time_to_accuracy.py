@@ -17,6 +17,10 @@ seed, the AP at the budget and the training minutes at which segm and bbox AP fi
 0.2, ...; then mean and spread over the seeds. Writes benchmarks/results/time_to_accuracy/TAG.json
 and appends every run to benchmarks/results/recipe_search.jsonl (the audit log of the recipe search:
 ``--set model.min_size=384 --tag try-384`` runs a variant).
+
+With ``--set train.ema=true`` every scoring also scores the run's moving average of the weights (the
+clock still paused), and the summary lists the same runs a second time as the variant's ``EMA`` row:
+one run measures the weights and their average.
 """
 
 from __future__ import annotations
@@ -60,21 +64,26 @@ class ScoreEvery(Hook):
         if trainer.clock.elapsed < self.next or trainer.end_reason is not None:
             return
         with trainer.clock.paused():
-            report = trainer.hooks.get("evaluation").score(trainer, trainer.model)
-            self.points.append(point(trainer.clock.elapsed, step, report.metrics))
+            evaluation, ema = trainer.hooks.get("evaluation"), trainer.hooks.get("ema")
+            report = evaluation.score(trainer, trainer.model)
+            ema_metrics = evaluation.score(trainer, ema.ema.module).metrics if ema is not None else None
+            self.points.append(point(trainer.clock.elapsed, step, report.metrics, ema_metrics))
             logging.getLogger("segtune.train").info("benchmark score at %.1f min (step %d): %s", self.points[-1]["minutes"],
                                                     step, fmt(self.points[-1]))
         while self.next <= trainer.clock.elapsed:
             self.next += self.every
 
 
-def point(seconds: float, step: int, metrics: dict[str, dict[str, float]]) -> dict[str, Any]:
+def point(seconds: float, step: int, metrics: dict[str, dict[str, float]],
+          ema: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """One scoring of the test split; with ``train.ema``, the averaged weights' AP beside (``ema_segm_AP``)."""
     return {"minutes": round(seconds / 60.0, 2), "step": step,
-            **{f"{kind}_AP": round(float(m["AP"]), 4) for kind, m in metrics.items()}}
+            **{f"{kind}_AP": round(float(m["AP"]), 4) for kind, m in metrics.items()},
+            **{f"ema_{kind}_AP": round(float(m["AP"]), 4) for kind, m in (ema or {}).items()}}
 
 
 def fmt(p: dict[str, Any]) -> str:
-    return "  ".join(f"{k} {p[k]:.3f}" for k in ("bbox_AP", "segm_AP") if k in p)
+    return "  ".join(f"{k} {p[k]:.3f}" for k in ("bbox_AP", "segm_AP", "ema_bbox_AP", "ema_segm_AP") if k in p)
 
 
 def first_reached(curve: list[dict[str, Any]], key: str) -> dict[str, float | None]:
@@ -94,10 +103,11 @@ def run_one(recipe: str, seed: int, minutes: float, eval_every: float, sets: dic
     wall = time.perf_counter() - wall
     # One point per step, in step order: where the timer and an epoch end scored the same step, the epoch's.
     by_step = {p["step"]: p for p in scorer.points}
-    by_step.update({r["step"]: point(r["train_time_s"], r["step"], r["metrics"]) for r in result.history})
+    by_step.update({r["step"]: point(r["train_time_s"], r["step"], r["metrics"], r.get("ema")) for r in result.history})
     curve = [by_step[step] for step in sorted(by_step)]
     best = next(r for r in result.history if r["epoch"] == result.best_epoch)  # the epoch best.pt holds
-    last = point(result.history[-1]["train_time_s"], result.history[-1]["step"], result.last_metrics)
+    last = point(result.history[-1]["train_time_s"], result.history[-1]["step"], result.last_metrics,
+                 result.history[-1].get("ema"))
     return {
         "recipe": recipe, "seed": seed, "budget_min": minutes, "overrides": sets, "run_dir": str(result.run_dir),
         "config": yaml.safe_load((result.run_dir / "config.yaml").read_text()),
@@ -106,7 +116,21 @@ def run_one(recipe: str, seed: int, minutes: float, eval_every: float, sets: dic
         "curve": curve,
         "segm_first_reached_min": first_reached(curve, "segm_AP"),
         "bbox_first_reached_min": first_reached(curve, "bbox_AP"),
+        **({"ema_segm_first_reached_min": first_reached(curve, "ema_segm_AP")} if "ema_segm_AP" in last else {}),
     }
+
+
+def ema_views(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each run, then (where it kept an EMA of the weights) the same run as scored on the averaged
+    weights, as a variant of its own named ``... EMA``: one run measures both."""
+    views = []
+    for run in runs:
+        views.append(run)
+        if "ema_segm_AP" in run["final"]:
+            final = {k[4:]: v for k, v in run["final"].items() if k.startswith("ema_")}
+            views.append({**run, "ema_view": True, "final": {**run["final"], **final},
+                          "segm_first_reached_min": run["ema_segm_first_reached_min"]})
+    return views
 
 
 def spread(values: list[float]) -> str:
@@ -135,7 +159,8 @@ def show_log() -> None:
 def variant(run: dict[str, Any]) -> str:
     """The recipe a run trained, with the overrides it ran under: ``cpu-scratch`` or ``cpu-scratch (k=v, ...)``."""
     sets = overrides_text(run)
-    return f"{run['recipe']} ({sets})" if sets else run["recipe"]
+    name = f"{run['recipe']} ({sets})" if sets else run["recipe"]
+    return f"{name} EMA" if run.get("ema_view") else name
 
 
 def summarise(runs: list[dict[str, Any]], minutes: float, label: str | None = None) -> dict[str, Any]:
@@ -143,7 +168,8 @@ def summarise(runs: list[dict[str, Any]], minutes: float, label: str | None = No
     (mean ± sd) and when each seed first reached segm AP 0.1 / 0.2 / 0.3; return the same as a dict.
     ``label`` names every run as one variant (their own overrides stay in the runs)."""
     summary = {}
-    variant_of = (lambda run: label) if label else variant
+    runs = ema_views(runs)
+    variant_of = (lambda run: label + (" EMA" if run.get("ema_view") else "")) if label else variant
     print(f"\n| recipe | seeds | segm AP at {minutes:g} min | bbox AP | steps | segm AP 0.1 / 0.2 / 0.3 first at (min) |")
     print("|---|---|---|---|---|---|")
     for recipe in dict.fromkeys(variant_of(r) for r in runs):

@@ -28,10 +28,11 @@ def tta(monkeypatch, tmp_path):
     sys.modules.pop("time_to_accuracy", None)
 
 
-def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path, fake_training_clock):
+def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path, fake_training_clock, capsys):
     fake_training_clock(0.1)  # each reading of the training clock 0.1 s on: the same steps on any machine
     data = make_mask_folder(tmp_path / "data", n=6)
-    sets = {**TINY_MODEL, "data.test_size": 2, "train.batch_size": 2, "train.repeat": 1, "data.workers": 0}
+    sets = {**TINY_MODEL, "data.test_size": 2, "train.batch_size": 2, "train.repeat": 1, "data.workers": 0,
+            "train.ema": True}
     run = tta.run_one("cpu-scratch", 0, minutes=0.08, eval_every=0.01, sets=sets, data=str(data),
                       out=str(tmp_path / "runs"))
     curve = run["curve"]
@@ -41,9 +42,19 @@ def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path, fake_trainin
     assert len(steps) == len(set(steps)), steps
     assert run["final"]["step"] == run["steps"] == steps[-1]
     assert run["train_minutes"] > 0.0
-    assert set(run["final"]) == {"minutes", "step", "bbox_AP", "segm_AP"}
+    # With train.ema, every scoring scores the averaged weights too, timer points and epoch ends alike.
+    assert set(run["final"]) == {"minutes", "step", "bbox_AP", "segm_AP", "ema_bbox_AP", "ema_segm_AP"}
+    assert all("ema_segm_AP" in p for p in curve)
     assert run["segm_first_reached_min"].keys() == {f"{v:.1f}" for v in tta.LEVELS}
+    assert run["ema_segm_first_reached_min"].keys() == run["segm_first_reached_min"].keys()
     assert Path(run["run_dir"], "weights", "best.pt").is_file()
+    # The summary lists the one run twice: its own weights, and the same run scored on the average.
+    summary = tta.summarise([run], 0.08)
+    label = "cpu-scratch (" + ", ".join(f"{k}={v}" for k, v in sets.items()) + ")"
+    assert list(summary) == [label, label + " EMA"]
+    assert summary[label + " EMA"]["segm_AP"] == [run["final"]["ema_segm_AP"]]
+    assert summary[label]["segm_AP"] == [run["final"]["segm_AP"]]
+    assert f"| {label} EMA | 0 |" in capsys.readouterr().out
 
 
 def test_combine_summarises_runs_written_apart_and_refuses_other_budgets(tta, tmp_path, capsys):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 from torch import nn
@@ -13,6 +14,7 @@ from torch import nn
 from segtune.config import DataConfig
 from segtune.data import open_and_check
 from segtune.data.coco import CocoDataset
+from segtune.errors import DatasetError
 from segtune.predict import Predictor
 from tests.data.rects import RECT_A, RECT_B, pixels
 
@@ -37,6 +39,7 @@ def write_coco(root: Path, categories: list[dict], objects: list[tuple[int, tupl
     anns = [{"id": k + 1, "image_id": 1, "category_id": cat, "iscrowd": 0, "segmentation": _poly(rect),
              "bbox": _box(rect), "area": _box(rect)[2] * _box(rect)[3]} for k, (cat, rect) in enumerate(objects)]
     path = root / json_name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": H, "width": W}],
                                 "annotations": anns, "categories": categories}))
     return path
@@ -48,6 +51,29 @@ def test_images_in_an_images_folder_beside_the_json_are_found(tmp_path: Path) ->
     assert ds.root == tmp_path / "images" and len(ds) == 1 and ds.image_path(0).is_file()
     _, report = open_and_check(DataConfig(path=str(path)))
     assert not report.errors
+
+
+def test_an_export_folder_holding_one_coco_file_is_read_as_coco(tmp_path: Path) -> None:
+    # The folder itself, as users pass it: annotations.json beside images/, and CVAT's COCO 1.0 export
+    # (annotations/instances_default.json beside images/).
+    flat = tmp_path / "flat"
+    write_coco(flat, [{"id": 1, "name": "cat"}], [(1, RECT_A)])
+    cvat = tmp_path / "cvat"
+    write_coco(cvat, [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}], [(1, RECT_A), (2, RECT_B)],
+               json_name="annotations/instances_default.json")
+    for folder, classes, n in ((flat, ["cat"], 1), (cvat, ["cat", "dog"], 2)):
+        ds, report = open_and_check(DataConfig(path=str(folder)))
+        assert ds.format == "coco" and ds.classes == classes and ds.root == folder / "images"
+        assert not report.errors and ds.load(0)[1]["labels"].numel() == n
+
+
+def test_a_folder_with_two_coco_files_is_not_guessed_at(tmp_path: Path) -> None:
+    write_coco(tmp_path, [{"id": 1, "name": "cat"}], [(1, RECT_A)], json_name="annotations/train.json")
+    write_coco(tmp_path, [{"id": 1, "name": "cat"}], [(1, RECT_A)], json_name="annotations/val.json")
+    with pytest.raises(DatasetError, match="cannot tell the data format"):
+        open_and_check(DataConfig(path=str(tmp_path)))
+    with pytest.raises(DatasetError, match="holding one COCO JSON"):
+        CocoDataset(tmp_path)
 
 
 def test_labelme2coco_background_category_is_not_a_class(tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from faster_coco_eval.core import mask as mask_utils
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink
 from segtune.data.boxes import box_areas, mask_areas, mask_boxes
 from segtune.data.coco_json import is_int as _is_int
-from segtune.data.coco_json import categories_by_id, has_top_level_keys, merge_split_files, not_classes, split_files
+from segtune.data.coco_json import (categories_by_id, has_top_level_keys, merge_split_files, not_classes, single_file,
+                                    split_files)
 from segtune.data.coco_json import read_json as _read_json
 from segtune.errors import DatasetError
 
@@ -97,8 +98,8 @@ class CocoDataset(DetectionDataset):
 
     @classmethod
     def detect(cls, path: Path, data_cfg: Any) -> bool:
-        if path.is_dir():
-            return split_files(path) is not None  # a split export: train/ valid/ test/, a COCO file in each
+        if path.is_dir():  # a split export (train/ valid/ test/, a COCO file in each), or one COCO file inside
+            return split_files(path) is not None or single_file(path) is not None
         return path.is_file() and path.suffix.lower() == ".json" and has_top_level_keys(path, ("images", "annotations"))
 
     @classmethod
@@ -118,11 +119,15 @@ class CocoDataset(DetectionDataset):
         super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
         self.annotation_file = Path(annotation_file)
         roles = None
-        if self.annotation_file.is_dir():  # a split export: one COCO file per split sub-folder
-            split_jsons = split_files(self.annotation_file)
-            if split_jsons is None:
-                raise DatasetError(f"{self.annotation_file}: a folder, but not a COCO split export (train/ and "
-                                   "valid/ or test/, each with one COCO JSON); pass the annotation file itself")
+        split_jsons = split_files(self.annotation_file) if self.annotation_file.is_dir() else None
+        if self.annotation_file.is_dir() and split_jsons is None:
+            inside = single_file(self.annotation_file)  # an export folder: one COCO file beside images/
+            if inside is None:
+                raise DatasetError(f"{self.annotation_file}: a folder, but neither a COCO split export (train/ and "
+                                   "valid/ or test/, each with one COCO JSON) nor a folder holding one COCO JSON "
+                                   "(itself or in annotations/); pass the annotation file itself")
+            self.annotation_file = inside
+        if split_jsons is not None:  # a split export: one COCO file per split sub-folder
             data, roles = merge_split_files(split_jsons)
             self._json_files = list(split_jsons.values())
             image_root = self.annotation_file if image_root is None else image_root

@@ -113,6 +113,20 @@ def split_files(folder: Path) -> dict[str, Path] | None:
     return found if "train" in found and len(found) > 1 else None
 
 
+def single_file(folder: Path, most: int = 4) -> Path | None:
+    """The one COCO instances file of an export folder (``annotations.json`` or CVAT's
+    ``annotations/instances_default.json`` beside ``images/``), looked for in ``folder`` and its
+    ``annotations/``; None when there is none or more than one. A folder with more than ``most`` JSON
+    files is a folder of per-image files (LabelMe), not read through."""
+    for where in (folder, folder / "annotations"):
+        jsons = sorted(where.glob("*.json")) if where.is_dir() else []
+        if not jsons or len(jsons) > most:
+            continue
+        coco = [p for p in jsons if has_top_level_keys(p, ("images", "annotations"))]
+        return coco[0] if len(coco) == 1 else None
+    return None
+
+
 def merge_split_files(files: dict[str, Path]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """One COCO dict of a split export's files, and the file names of each role.
 
