@@ -129,6 +129,32 @@ def test_predict_split_and_python_api(trained_run: tuple[Path, Path], tmp_path: 
     predictor(Image.new("L", (40, 30)))
 
 
+def test_predict_and_evaluate_with_amp_bf16(trained_run: tuple[Path, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import segtune
+
+    data, run = trained_run
+    out = tmp_path / "eval.json"
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--amp", "bf16", "--out", str(out)]) == 0
+    assert "number formats: bf16 autocast, channels-last weights" in capsys.readouterr().err
+    assert set(json.loads(out.read_text())["metrics"]) == {"bbox", "segm"}
+    assert main(["predict", str(run), str(data / "PNGImages" / "img002.png"), "--amp", "bf16", "--score-threshold",
+                 "0.0", "--out", str(tmp_path / "preds")]) == 0
+    assert (tmp_path / "preds" / "img002.png").is_file()
+    bf16 = segtune.Predictor.from_checkpoint(run, amp="bf16")
+    conv = next(m for m in bf16.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # An exported file runs as it was exported: --amp with one is a clear error, not a traceback.
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not read")
+    capsys.readouterr()
+    assert main(["predict", str(onnx), str(data / "PNGImages" / "img002.png"), "--amp", "bf16"]) == 2
+    assert main(["evaluate", str(onnx), "--amp", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("runs as it was exported") == 2 and "Traceback" not in err
+
+
 def test_bad_data_path_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     code = main(["train", "--data", str(tmp_path / "nope"), "--out", str(run), *tiny_flags()])

@@ -61,7 +61,7 @@ def test_a_model_without_an_rpn_is_left_alone() -> None:
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "none")])
 def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bfloat16(monkeypatch: pytest.MonkeyPatch, native: bool,
                                                               expected: str) -> None:
-    monkeypatch.setattr("segtune.engine.amp.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("segtune.models.precision.cpu_has_native_bf16", lambda: native)
     amp, why = resolve_amp("auto", torch.device("cpu"))
     assert amp == expected and "bfloat16" in why
     assert resolve_amp("none", torch.device("cpu"))[0] == "none"  # an explicit choice is kept
@@ -69,7 +69,7 @@ def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bfloat16(monkeypatch: pytest
 
 def test_channels_last_under_autocast_keeps_the_parameters_an_optimiser_holds(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr("segtune.engine.amp.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("segtune.models.precision.cpu_has_native_bf16", lambda: True)
     cfg = build_config(preset_layer("cpu-scratch"))
     net = build_from_config(cfg.model, 2).train()
     conv = net.backbone.body.conv1.weight

@@ -123,9 +123,9 @@ def test_early_stopping_ends_the_run(data: Path, tmp_path: Path) -> None:
 
 def test_bf16_autocast_on_cpu_trains_and_warns_where_the_cpu_lacks_bf16(
         data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from segtune.engine import amp as amp_module
+    from segtune.models import precision
 
-    monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: False)  # as on a CPU without AVX-512 BF16
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)  # as on a CPU without AVX-512 BF16
     seen = {}
     hook = CallbackHook({"before_epoch": lambda trainer, epoch: seen.setdefault("model", trainer.model)})
     with caplog.at_level(logging.WARNING, logger="segtune.train"):

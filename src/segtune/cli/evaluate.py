@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from segtune.cli.options import add_amp_argument
 from segtune.evaluation import evaluate_checkpoint
 from segtune.fileio import write_json
 
@@ -17,6 +18,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--data", help="data set folder, if not the one the checkpoint was trained on")
     p.add_argument("--split", choices=["test", "train", "all"], default="test", help="which images (default: test)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_amp_argument(p)
     p.add_argument("--batch-size", type=int, help="images per batch (default: the run's eval batch size)")
     p.add_argument("--workers", type=int, help="data-loader workers (default: 0 on CPU, 4 on GPU)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
@@ -27,7 +29,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     report = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, device=args.device,
-                                 batch_size=args.batch_size, workers=args.workers)
+                                 batch_size=args.batch_size, workers=args.workers, amp=args.amp)
     if args.out:
         write_json(args.out, {"split": args.split, "num_images": report.num_images, "metrics": report.metrics})
     if args.report:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from segtune.config import SECTIONS, field_types, parse_value
+from segtune.models.precision import INFERENCE_AMP
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -41,3 +42,11 @@ def section_flags(args: argparse.Namespace, section: str) -> dict[str, Any]:
             raw = getattr(args, key)
             values[key] = raw if _is_plain_str(hints[f.name]) else parse_value(raw)
     return values
+
+
+def add_amp_argument(parser: argparse.ArgumentParser) -> None:
+    """``--amp`` of the commands that run a checkpoint's model (predict, evaluate, benchmark's eager row)."""
+    parser.add_argument("--amp", choices=INFERENCE_AMP, default="none",
+                        help="number format of a checkpoint's model: none (float32), bf16 (autocast with channels-last "
+                        "weights: about 3x on a ResNet-50 where the CPU runs bfloat16 natively, slower on a small "
+                        "model, see docs/export.md), auto (bf16 where the CPU or GPU runs it natively) (default: none)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from segtune.cli.options import add_amp_argument
 from segtune.errors import ConfigError
 from segtune.predict import Predictor, predict_to_folder, split_images
 
@@ -22,6 +23,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", default="preds", help="output folder (default: preds)")
     p.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default: 0.5)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    add_amp_argument(p)
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (a checkpoint's eager model; "
                    "exported files take one at a time) (default: 1)")
     p.add_argument("--overwrite", action="store_true", help="predict again on images that already have a picture "
@@ -43,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         inputs += [str(path) for path in split_images(args.checkpoint, args.split, data=args.data)]
     if not inputs:
         raise ConfigError("predict needs image files, folders or globs, or --split test")
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device, score_threshold=args.score_threshold,
+                                         amp=args.amp)
     summary = predict_to_folder(predictor, inputs, args.out, overwrite=args.overwrite, save_masks=args.save_masks,
                                 batch_size=args.batch_size, vid_stride=args.vid_stride, save_crops=args.save_crops,
                                 save_txt=args.save_txt)

@@ -26,6 +26,7 @@ from segtune.data.decoded_cache import make_cache
 from segtune.engine import distributed as dist
 from segtune.engine.adapt import adapt_to_data
 from segtune.engine.amp import setup_amp
+from segtune.models.precision import autocast
 from segtune.engine.budget import Stopwatch
 from segtune.engine.checkpoints import best_index
 from segtune.engine.default_hooks import build_hooks
@@ -272,7 +273,7 @@ class Trainer:
             images = [img.to(self.device, non_blocking=True) for img in images]
             targets = [{k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
                        for t in targets]
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 loss_dict = self.ddp(images, targets)
             loss = sum(loss_dict.values())
             values = {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in loss_dict.items()}}
@@ -316,11 +317,6 @@ class Trainer:
         if self.run.max_steps is None:
             return self.iters
         return min(self.iters, i + max(0, self.run.max_steps - self.step) * self.accumulate)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _optimizer_step(self) -> None:
         if self.cfg.train.clip_grad_norm is not None:

@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from segtune.data import build_loader
 from segtune.engine import distributed as dist
 from segtune.engine.hooks import HOOKS, Hook
+from segtune.models.precision import autocast
 
 logger = logging.getLogger("segtune.train")
 
@@ -100,7 +101,7 @@ class ValidationLoss(Hook):
         values = validation_loss(
             trainer.model, self.dataset,
             device=trainer.device, batch_size=trainer.cfg.eval.batch_size, workers=trainer.workers,
-            seed=trainer.cfg.train.seed + epoch, autocast=trainer._autocast(),
+            seed=trainer.cfg.train.seed + epoch, autocast=autocast(trainer.device, trainer.autocast_dtype),
             shard=(trainer.dist.rank, trainer.dist.world_size), gather=dist.all_gather_objects)
         if values:
             record["val"] = values

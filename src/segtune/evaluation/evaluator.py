@@ -16,9 +16,10 @@ from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.config import DataConfig
 from segtune.data import build_dataset, build_loader
 from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoints, score, stat_names
-from segtune.errors import CheckpointError
+from segtune.errors import CheckpointError, ConfigError
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import exported_format, load_exported
+from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.runtime import default_workers, resolve_device, track
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def evaluate_model(
     gt: dict[str, Any] | None = None,
     shard: tuple[int, int] = (0, 1),
     gather: Callable[[Any], list[Any]] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> EvalReport:
     """Run ``model`` over ``dataset`` and score it with COCO AP: bbox, and segm / keypoints when it predicts them.
 
@@ -129,7 +131,8 @@ def evaluate_model(
     In distributed evaluation, ``shard=(rank, world_size)`` runs this process on every
     ``world_size``-th image (no padding, so no image is scored twice) and ``gather`` (an all-gather of
     Python objects) collects every process's detections before scoring, so the AP equals a
-    single-process evaluation of the same model.
+    single-process evaluation of the same model. ``autocast_dtype`` runs the model under autocast (see
+    :func:`~segtune.models.precision.inference_precision`, which readies the model for it).
     """
     if gt is None:
         gt = dataset_ground_truth(dataset, classes)
@@ -143,7 +146,8 @@ def evaluate_model(
     loader = build_loader(part, batch_size=batch_size, train=False, workers=workers)
     try:
         for images, targets in track(loader, total=len(loader), desc="evaluate"):
-            outputs = model([img.to(device) for img in images])
+            with autocast(device, autocast_dtype):
+                outputs = float_outputs(model([img.to(device) for img in images]))
             for target, output in zip(targets, outputs):
                 output_keys.update(output)
                 results.extend(detections(target["image_id"], {k: v.cpu() for k, v in output.items()},
@@ -190,6 +194,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
+    amp: str = "none",
 ) -> EvalReport:
     """Evaluate a segtune checkpoint on a split of its data set (the split saved with the run).
 
@@ -197,19 +202,25 @@ def evaluate_checkpoint(
         checkpoint: a ``.pt`` file or a run folder (its ``weights/best.pt`` is used).
         data: the data set folder, if it moved since training (default: the one in the checkpoint).
         split: ``test``, ``train`` or ``all``.
+        amp: ``none`` (float32), ``bf16`` or ``auto`` (bf16 where the CPU or GPU runs it natively): the
+            checkpoint's model run under autocast with channels-last weights; not for exported files.
     """
     dev = resolve_device(device)
     if exported_format(checkpoint):
+        if amp != "none":
+            raise ConfigError(f"{checkpoint}: --amp {amp} runs a checkpoint's model under autocast; an exported "
+                              "file runs as it was exported (give the checkpoint, or leave --amp out)")
         return _evaluate_exported(checkpoint, data=data, split=split, device=dev, workers=workers)
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)
     files = None if split == "all" else ckpt.get("split", {}).get(split)
     dataset = build_dataset(checkpoint_data(ckpt, data, split), files=files, train=False)
     logger.info("evaluating %s on %d %s images of %s", ckpt["path"], len(dataset), split, dataset.root)
+    model = model.to(dev)
     return evaluate_model(
-        model.to(dev), dataset, list(ckpt["classes"]), device=dev,
+        model, dataset, list(ckpt["classes"]), device=dev,
         batch_size=batch_size or cfg.eval.batch_size, workers=default_workers(dev, workers),
-        mask_threshold=cfg.eval.mask_threshold,
+        mask_threshold=cfg.eval.mask_threshold, autocast_dtype=inference_precision(model, amp, dev),
     )
 
 

@@ -35,6 +35,7 @@ from segtune.fileio import write_json
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import InferenceOnly, load_exported
 from segtune.models.min_score import min_score_inside
+from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.runtime import cpu_has_native_bf16, cpu_name
 from segtune.threads import configure_threads, describe_threads
 
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 BENCHMARK_JSON = "benchmark.json"
 WARMUP = 2
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -62,12 +64,12 @@ class _Bf16(InferenceOnly):
     float32 as the other paths do (channels-last alone gains little in fp32; with bf16 it doubles the gain)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
-        self.model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+        self.model = copy.deepcopy(model)
+        self.dtype = inference_precision(self.model, "bf16", CPU)  # what `segtune predict --amp bf16` runs
 
     def __call__(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = self.model(images)
-        return [{k: v.float() if v.is_floating_point() else v for k, v in o.items()} for o in out]
+        with autocast(CPU, self.dtype):
+            return float_outputs(self.model(images))
 
 
 def _time(runner: Any, images: list[torch.Tensor], min_score: float = 0.0) -> tuple[float, float]:

@@ -16,11 +16,12 @@ from torch import nn
 
 from segtune.checkpoint import load_checkpoint
 from segtune.data.images import IMAGE_EXTENSIONS, load_rgb
-from segtune.errors import DatasetError
+from segtune.errors import ConfigError, DatasetError
 from segtune.evaluation.coco_eval import detections
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import exported_format, load_exported
 from segtune.models.min_score import min_score_inside
+from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.predict.video import VIDEO_EXTENSIONS
 from segtune.predict.visualise import draw
 from segtune.runtime import resolve_device
@@ -98,9 +99,11 @@ class Predictor:
     def __init__(self, model: nn.Module, classes: list[str], *, device: torch.device | str = "cpu",
                  score_threshold: float = 0.5, mask_threshold: float = 0.5,
                  category_ids: list[int] | None = None, keypoint_names: list[str] | None = None,
-                 skeleton: list[list[int]] | None = None) -> None:
+                 skeleton: list[list[int]] | None = None, amp: str = "none") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # --amp bf16 | auto: channels-last weights under autocast (see docs/export.md for when it pays)
+        self.autocast_dtype = inference_precision(self.model, amp, self.device)
         self.classes = list(classes)
         # The data set's own class ids (COCO category ids need not be 1..C); results are written with them.
         self.category_ids = list(category_ids) if category_ids else list(range(1, len(self.classes) + 1))
@@ -113,10 +116,16 @@ class Predictor:
         self.skeleton = [(a, b) for a, b in pairs if k is None or (0 <= a < k and 0 <= b < k)] or None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5,
+                        amp: str = "none") -> Predictor:
         """Load a segtune checkpoint (a ``.pt`` file or a run folder), or a file written by ``segtune export``
-        (``.onnx``: run by ONNX Runtime; ``.torchscript``). Raises ``CheckpointError``."""
+        (``.onnx``: run by ONNX Runtime; ``.torchscript``). ``amp`` (none | bf16 | auto) is for a
+        checkpoint's eager model; an exported file runs in the number format it was exported in.
+        Raises ``CheckpointError``, or ``ConfigError`` for ``amp`` with an exported file."""
         if exported_format(path):
+            if amp != "none":
+                raise ConfigError(f"{path}: --amp {amp} runs a checkpoint's model under autocast; an exported file "
+                                  "runs as it was exported (give the checkpoint, or leave --amp out)")
             dev = resolve_device(device)
             model, meta = load_exported(path, device=dev)
             return cls(model, meta["classes"], device=dev, score_threshold=score_threshold,
@@ -126,7 +135,7 @@ class Predictor:
         model, cfg = model_from_checkpoint(ckpt)
         return cls(model, ckpt["classes"], device=resolve_device(device), score_threshold=score_threshold,
                    mask_threshold=cfg.eval.mask_threshold, category_ids=ckpt.get("category_ids"),
-                   keypoint_names=ckpt.get("keypoint_names"), skeleton=ckpt.get("skeleton"))
+                   keypoint_names=ckpt.get("keypoint_names"), skeleton=ckpt.get("skeleton"), amp=amp)
 
     def name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class{label}"
@@ -142,8 +151,9 @@ class Predictor:
     @torch.inference_mode()
     def predict_batch(self, images: Iterable[ImageInput]) -> list[Prediction]:
         tensors = [to_uint8_chw(img) for img in images]
-        with min_score_inside(self.model, self.score_threshold):
+        with min_score_inside(self.model, self.score_threshold), autocast(self.device, self.autocast_dtype):
             outputs = self.model([t.to(self.device).float() / 255.0 for t in tensors])
+        outputs = float_outputs(outputs)
         preds = []
         for tensor, out in zip(tensors, outputs):
             out = {k: v.cpu() for k, v in out.items()}
