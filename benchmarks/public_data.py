@@ -28,6 +28,16 @@ Sets (name: source repository @ commit, path in it; licence; what is written):
     up to 57 cats). Written as COCO instances JSON (``NAME/annotations.json`` + ``NAME/images/``, polygons
     in pixels, ``bbox`` and ``area`` from the polygon), 1 class ``cat``.
 
+``aerial_cars`` -- *small objects in large images* (mostly 1280x720 to 4000x2250 drone and aerial photos,
+    a median of about 25 vehicles an image, boxes a few dozen pixels).
+    ``jekhor/aerial-cars-dataset`` @ ``d2ed927fe2b06e4794e90d6320152b940808ddd9``, the repository's root:
+    YOLO **box** labels (car, truck, bus, minibus, cyclist), no polygons: written as COCO with each box
+    as its rectangle (segtune's YOLO reader does the same), so its bbox AP is the figure that counts.
+    Licence, per its README: KIT AIS images CC BY 3.0, the author's and the Minsk OSM community's photos
+    CC BY-SA, some video frames under YouTube's standard licence ("use with caution"); nothing of it is
+    committed here. The snapshot lists its largest images (over 4 MB) without their contents: they are
+    left out.
+
 Usage (``.venv/bin/python`` from the repository root)::
 
     python benchmarks/public_data.py dsb2018_nuclei /work/.mirror/lopuhin+kaggle-dsbowl-2018-dataset-fixes/repo
@@ -68,6 +78,11 @@ SETS = {
         "commit": "30354551efef351c1241da7c6d48cf938d76f02a",
         "paths": ["stage1_train"],
     },
+    "aerial_cars": {
+        "repo": "jekhor/aerial-cars-dataset",
+        "commit": "d2ed927fe2b06e4794e90d6320152b940808ddd9",
+        "paths": ["."],
+    },
     "feral_cats": {
         "repo": "pcashman21/feral-cat-segmentation-dataset-and-model",
         "commit": "c7cdfa43c095a1f9d1892754bcc201e971e375f1",
@@ -89,6 +104,21 @@ def _git_dir(source: Path) -> Path | None:
     return None
 
 
+def _present_files(git_dir: Path, commit: str, paths: list[str]) -> list[str]:
+    """The files under ``paths`` at ``commit`` whose contents the snapshot holds (a snapshot may list its
+    largest files without their contents); says how many are absent."""
+    listed = subprocess.run(["git", f"--git-dir={git_dir}", "ls-tree", "-r", commit, "--", *paths],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    entries = [(line.split()[2], line.split("\t", 1)[1]) for line in listed]
+    checked = subprocess.run(["git", f"--git-dir={git_dir}", "cat-file", "--batch-check"], capture_output=True,
+                             text=True, check=True, input="\n".join(sha for sha, _ in entries) + "\n").stdout
+    present = [name for (_, name), answer in zip(entries, checked.splitlines()) if not answer.endswith("missing")]
+    if len(present) < len(entries):
+        print(f"note: {len(entries) - len(present)} of {len(entries)} files are listed in the snapshot without "
+              "their contents (its largest files) and are left out")
+    return present
+
+
 @contextmanager
 def snapshot(source: Path, commit: str, paths: list[str]) -> Iterator[Path]:
     """A folder holding ``paths`` as they are at ``commit``: exported from a git directory, or ``source``
@@ -105,7 +135,8 @@ def snapshot(source: Path, commit: str, paths: list[str]) -> Iterator[Path]:
                           capture_output=True)
     if have.returncode != 0:
         raise SystemExit(f"{git_dir}: commit {commit} is not in this snapshot (fetch the repository again)")
-    archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", commit, "--", *paths],
+    files = _present_files(git_dir, commit, paths)
+    archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", "--format=tar", commit, "--", *files],
                              capture_output=True, check=True).stdout
     with tempfile.TemporaryDirectory(prefix="segtune-public-") as tmp:
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
@@ -197,6 +228,51 @@ def build_cats(src: Path, out: Path, max_per_image: int) -> Path:
     return out / "annotations.json"
 
 
+# ------------------------------------------------------------------ aerial_cars
+
+
+def build_aerial_cars(src: Path, out: Path) -> Path:
+    """Every image with its YOLO box labels as one COCO file, each box written as its rectangle (as
+    segtune's YOLO reader reads a box line), classes from ``aerial.names``."""
+    from pycocotools import mask as mask_utils
+
+    names = [n.strip() for n in (src / "aerial.names").read_text().splitlines() if n.strip()]
+    _fresh(out)
+    (out / "images").mkdir()
+    images, annotations, dropped = [], [], 0
+    for path in sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+        label = path.with_suffix(".txt")
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except OSError:
+            dropped += 1
+            continue
+        lines = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.is_file() else []
+        polygons = _yolo_polygons(label, width, height) if lines else []
+        if not polygons:
+            dropped += 1
+            continue
+        image_id = len(images) + 1
+        shutil.copy2(path, out / "images" / path.name)
+        images.append({"id": image_id, "file_name": f"images/{path.name}", "width": width, "height": height})
+        for values, polygon in zip(lines, polygons):
+            rle = mask_utils.merge(mask_utils.frPyObjects([polygon], height, width))
+            xs, ys = polygon[0::2], polygon[1::2]
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(values[0]) + 1,
+                                "segmentation": [polygon], "area": float(mask_utils.area(rle)),
+                                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], "iscrowd": 0})
+    data = {"info": {"description": "aerial-cars-dataset (YOLO boxes as rectangles); KIT AIS CC BY 3.0, own photos "
+                                    "CC BY-SA, some video frames under YouTube's standard licence (see its README)",
+                     "url": "https://github.com/jekhor/aerial-cars-dataset"},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": k + 1, "name": name} for k, name in enumerate(names)]}
+    (out / "annotations.json").write_text(json.dumps(data))
+    print(f"wrote {len(images)} images, {len(annotations)} boxes to {out / 'annotations.json'} "
+          f"({dropped} images left out: unreadable, or no label)")
+    return out / "annotations.json"
+
+
 # ------------------------------------------------------------------ statistics
 
 
@@ -271,7 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     spec = SETS[args.name]
     out = args.root / args.name
     with snapshot(args.source, args.commit or spec["commit"], spec["paths"]) as src:
-        built = build_dsb(src, out) if args.name == "dsb2018_nuclei" else build_cats(src, out, args.max_per_image)
+        if args.name == "dsb2018_nuclei":
+            built = build_dsb(src, out)
+        elif args.name == "aerial_cars":
+            built = build_aerial_cars(src, out)
+        else:
+            built = build_cats(src, out, args.max_per_image)
     stats(built)
 
 

@@ -203,3 +203,33 @@ def test_the_fast_path_benchmark_compares_two_seeds_a_side(bench):
     rows[3] = row("fast-seed1", 0.10, 0.19)
     assert module.two_seed_comparison(rows)["within_noise"] is False
     assert module.two_seed_comparison(rows[:3]) is None
+
+
+def test_public_data_builds_the_aerial_cars_set_from_a_git_snapshot(bench, tmp_path):
+    """A made-up repository of the aerial-cars layout (images + YOLO box labels at the root, aerial.names),
+    built from its git directory at a commit, read back by segtune's COCO reader."""
+    import subprocess
+
+    import numpy as np
+    from PIL import Image
+
+    from segtune.data.coco import CocoDataset
+
+    module = bench("public_data")
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "aerial.names").write_text("car\ntruck\n")
+    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(repo / "a.jpg")
+    (repo / "a.txt").write_text("0 0.5 0.5 0.1 0.2\n1 0.25 0.5 0.1 0.2\n")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(repo / "b.png")  # no label: left out
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "data"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    module.main(["aerial_cars", str(repo / ".git"), "--root", str(tmp_path / "data"), "--commit", commit])
+    ds = CocoDataset(tmp_path / "data" / "aerial_cars" / "annotations.json")
+    assert len(ds) == 1 and ds.classes == ["car", "truck"]
+    _, target = ds.load(0)
+    assert target["labels"].tolist() == [1, 2]
+    assert target["boxes"].tolist() == [[45.0, 20.0, 55.0, 30.0], [20.0, 20.0, 30.0, 30.0]]
