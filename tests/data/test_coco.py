@@ -188,7 +188,9 @@ def test_annotation_without_segmentation_in_a_mask_set_uses_its_box(tmp_path: Pa
 def test_detect(coco_set: Path, tmp_path: Path):
     cfg = DataConfig()
     assert CocoDataset.detect(coco_set, cfg) and detect_format(coco_set, cfg) == "coco"
-    assert not CocoDataset.detect(coco_set.parent, cfg)  # a folder is not COCO
+    assert CocoDataset.detect(coco_set.parent, cfg)  # the folder holding one COCO file is read through it
+    (tmp_path / "no_coco").mkdir()
+    assert not CocoDataset.detect(tmp_path / "no_coco", cfg)  # a folder without one is not
     labelme = _write(tmp_path / "labelme.json", {"shapes": [], "imagePath": "x.png", "note": {"images": [1]}})
     nested = _write(tmp_path / "nested.json", {"info": {"images": [], "annotations": []}})
     for path in (labelme, nested, _write(tmp_path / "list.json", [{"images": 1}])):
