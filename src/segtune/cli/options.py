@@ -45,7 +45,7 @@ def section_flags(args: argparse.Namespace, section: str) -> dict[str, Any]:
 
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:
-    """``--amp`` of the commands that run a checkpoint's model (predict, evaluate, benchmark's eager row)."""
+    """``--amp`` of the commands that run a checkpoint's model (predict, evaluate)."""
     parser.add_argument("--amp", choices=INFERENCE_AMP, default="none",
                         help="number format of a checkpoint's model: none (float32), bf16 (autocast with channels-last "
                         "weights: about 3x on a ResNet-50 where the CPU runs bfloat16 natively, slower on a small "

@@ -26,7 +26,6 @@ from segtune.data.decoded_cache import make_cache
 from segtune.engine import distributed as dist
 from segtune.engine.adapt import adapt_to_data
 from segtune.engine.amp import setup_amp
-from segtune.models.precision import autocast
 from segtune.engine.budget import Stopwatch
 from segtune.engine.checkpoints import best_index
 from segtune.engine.default_hooks import build_hooks
@@ -41,6 +40,7 @@ from segtune.engine.state import find_resume_checkpoint, hook_states, load_resum
 from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
 from segtune.fileio import check_folder, write_text
 from segtune.models import MODELS, build_from_config
+from segtune.models.precision import autocast
 from segtune.runtime import default_workers, seed_everything, seed_worker
 from segtune.threads import configure_threads
 

@@ -16,10 +16,10 @@ from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.config import DataConfig
 from segtune.data import build_dataset, build_loader
 from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoints, score, stat_names
-from segtune.errors import CheckpointError, ConfigError
+from segtune.errors import CheckpointError
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import exported_format, load_exported
-from segtune.models.precision import autocast, float_outputs, inference_precision
+from segtune.models.precision import autocast, float_outputs, inference_precision, refuse_amp_for_exported
 from segtune.runtime import default_workers, resolve_device, track
 
 logger = logging.getLogger(__name__)
@@ -207,9 +207,7 @@ def evaluate_checkpoint(
     """
     dev = resolve_device(device)
     if exported_format(checkpoint):
-        if amp != "none":
-            raise ConfigError(f"{checkpoint}: --amp {amp} runs a checkpoint's model under autocast; an exported "
-                              "file runs as it was exported (give the checkpoint, or leave --amp out)")
+        refuse_amp_for_exported(checkpoint, amp)
         return _evaluate_exported(checkpoint, data=data, split=split, device=dev, workers=workers)
     ckpt = load_checkpoint(checkpoint)
     model, cfg = model_from_checkpoint(ckpt)

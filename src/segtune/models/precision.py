@@ -41,6 +41,13 @@ def bf16_is_slow_here(amp: str, device: torch.device) -> bool:
     return amp == "bf16" and device.type == "cpu" and not cpu_has_native_bf16()
 
 
+def refuse_amp_for_exported(path: object, amp: str) -> None:
+    """An exported file runs in the number format it was exported in: ``amp`` other than none is a ConfigError."""
+    if amp != "none":
+        raise ConfigError(f"{path}: --amp {amp} runs a checkpoint's model under autocast; an exported file runs as "
+                          "it was exported (give the checkpoint, or leave --amp out)")
+
+
 def inference_precision(model: nn.Module, amp: str, device: torch.device) -> torch.dtype | None:
     """Make ``model`` ready to run under ``amp`` (none | bf16 | auto) for inference, in place; the autocast
     dtype to run it under (None: float32). With autocast the weights move to channels-last (the pair

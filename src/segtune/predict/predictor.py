@@ -16,12 +16,12 @@ from torch import nn
 
 from segtune.checkpoint import load_checkpoint
 from segtune.data.images import IMAGE_EXTENSIONS, load_rgb
-from segtune.errors import ConfigError, DatasetError
+from segtune.errors import DatasetError
 from segtune.evaluation.coco_eval import detections
 from segtune.models import model_from_checkpoint
 from segtune.models.exported import exported_format, load_exported
 from segtune.models.min_score import min_score_inside
-from segtune.models.precision import autocast, float_outputs, inference_precision
+from segtune.models.precision import autocast, float_outputs, inference_precision, refuse_amp_for_exported
 from segtune.predict.video import VIDEO_EXTENSIONS
 from segtune.predict.visualise import draw
 from segtune.runtime import resolve_device
@@ -123,9 +123,7 @@ class Predictor:
         checkpoint's eager model; an exported file runs in the number format it was exported in.
         Raises ``CheckpointError``, or ``ConfigError`` for ``amp`` with an exported file."""
         if exported_format(path):
-            if amp != "none":
-                raise ConfigError(f"{path}: --amp {amp} runs a checkpoint's model under autocast; an exported file "
-                                  "runs as it was exported (give the checkpoint, or leave --amp out)")
+            refuse_amp_for_exported(path, amp)
             dev = resolve_device(device)
             model, meta = load_exported(path, device=dev)
             return cls(model, meta["classes"], device=dev, score_threshold=score_threshold,
