@@ -67,6 +67,14 @@ def test_an_export_folder_holding_one_coco_file_is_read_as_coco(tmp_path: Path) 
         assert not report.errors and ds.load(0)[1]["labels"].numel() == n
 
 
+def test_a_project_file_beside_the_export_does_not_hide_the_coco_file(tmp_path: Path) -> None:
+    # A tool's own project or meta JSON at the top, the instances file in annotations/.
+    write_coco(tmp_path, [{"id": 1, "name": "cat"}], [(1, RECT_A)], json_name="annotations/instances_default.json")
+    (tmp_path / "project.json").write_text(json.dumps({"name": "cats", "labels": ["cat"]}))
+    ds, report = open_and_check(DataConfig(path=str(tmp_path)))
+    assert ds.format == "coco" and ds.classes == ["cat"] and not report.errors
+
+
 def test_a_folder_with_two_coco_files_is_not_guessed_at(tmp_path: Path) -> None:
     write_coco(tmp_path, [{"id": 1, "name": "cat"}], [(1, RECT_A)], json_name="annotations/train.json")
     write_coco(tmp_path, [{"id": 1, "name": "cat"}], [(1, RECT_A)], json_name="annotations/val.json")

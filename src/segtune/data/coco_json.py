@@ -116,14 +116,19 @@ def split_files(folder: Path) -> dict[str, Path] | None:
 def single_file(folder: Path, most: int = 4) -> Path | None:
     """The one COCO instances file of an export folder (``annotations.json`` or CVAT's
     ``annotations/instances_default.json`` beside ``images/``), looked for in ``folder`` and its
-    ``annotations/``; None when there is none or more than one. A folder with more than ``most`` JSON
+    ``annotations/`` (also when ``folder`` holds only other JSON files, such as a project file); None
+    when there is none or more than one in the first place that has one. A folder with more than ``most`` JSON
     files is a folder of per-image files (LabelMe), not read through."""
     for where in (folder, folder / "annotations"):
         jsons = sorted(where.glob("*.json")) if where.is_dir() else []
         if not jsons or len(jsons) > most:
             continue
         coco = [p for p in jsons if has_top_level_keys(p, ("images", "annotations"))]
-        return coco[0] if len(coco) == 1 else None
+        if len(coco) > 1:
+            return None  # several instances files: the user must name one
+        if coco:
+            return coco[0]
+        # only other JSON here (a project or meta file): the export's file may be in annotations/
     return None
 
 
