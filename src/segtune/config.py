@@ -159,6 +159,10 @@ class TrainConfig:
     accumulate: int = _opt(1, "gradient accumulation: one optimiser step every this many batches")
     ema: bool = _opt(False, "keep an exponential moving average of the weights; evaluated and saved as ema.pt")
     ema_decay: float = _opt(0.9998, "EMA decay per optimiser step")
+    ema_tau: float = _opt(2000.0, "steps over which the EMA decay ramps up: after n steps it is ema_decay * "
+                          "(1 - exp(-n / ema_tau)), as in Ultralytics; 0 = ema_decay from the first step. The ramp "
+                          "is slow: after 3,600 steps the decay is still 0.83 x ema_decay, an average of the last "
+                          "few steps only; for runs of a few thousand steps use a few hundred, or 0")
     deterministic: bool = _opt(False, "deterministic algorithms (slower; same results run to run on one device)")
     keep_last: int = _opt(0, "also keep the checkpoints of the last N epochs (weights/epoch-N.pt) besides "
                           "last.pt and best.pt")
@@ -354,6 +358,8 @@ def validate(cfg: Config) -> None:
         (not cfg.train.fit_to_time_limit or cfg.train.time_limit is not None,
          "train.fit_to_time_limit needs train.time_limit (minutes)"),
         (cfg.train.lr > 0, "train.lr must be positive"),
+        (0.0 <= cfg.train.ema_decay <= 1.0, "train.ema_decay must be between 0 and 1"),
+        (cfg.train.ema_tau >= 0, "train.ema_tau must be 0 (no ramp) or positive (steps)"),
         (0.0 <= cfg.train.hflip_prob <= 1.0, "train.hflip_prob must be between 0 and 1"),
         (cfg.train.max_iters_per_epoch is None or cfg.train.max_iters_per_epoch >= 1,
          "train.max_iters_per_epoch must be at least 1"),

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import io
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from segtune.engine.ema import ModelEMA
+from segtune.engine.presets import configure
+from segtune.engine.ema import EMAHook, ModelEMA
+from segtune.errors import ConfigError
 
 
 class _Net(torch.nn.Module):
@@ -99,3 +102,20 @@ def test_state_dict_round_trip_continues_exactly() -> None:
 def test_bad_decay_is_refused() -> None:
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(_Net(), decay=1.5)
+
+
+@pytest.mark.parametrize(("tau", "decay_after_3600"), [(2000.0, 0.9998 * (1 - math.exp(-1.8))), (200.0, 0.9998), (0.0, 0.9998)])
+def test_the_ramp_is_set_from_the_config(tau: float, decay_after_3600: float) -> None:
+    # An hour of cpu-scratch is about 3,600 steps: with the default ramp the "average" is of the last
+    # few steps only (decay 0.83); train.ema_tau shortens the ramp, 0 removes it.
+    cfg = configure(("test", {"train.ema": True, "train.ema_decay": 0.9998, "train.ema_tau": tau}))
+    hook = EMAHook.from_trainer(SimpleNamespace(cfg=cfg, model=_Net()))
+    assert hook.ema.decay_at(3600) == pytest.approx(decay_after_3600, abs=1e-6)
+    assert hook.ema.decay_at(0) == (0.9998 if tau == 0 else 0.0)
+
+
+@pytest.mark.parametrize("key_value", [("train.ema_tau", -1.0), ("train.ema_decay", 1.5)])
+def test_bad_ema_settings_are_refused_by_the_config(key_value: tuple[str, float]) -> None:
+    key, value = key_value
+    with pytest.raises(ConfigError, match=key):
+        configure(("test", {key: value}))

@@ -101,10 +101,11 @@ class EMAHook(Hook):
 
     @classmethod
     def from_trainer(cls, trainer: Any) -> EMAHook:
-        return cls(trainer.model, decay=trainer.cfg.train.ema_decay)
+        train = trainer.cfg.train
+        return cls(trainer.model, decay=train.ema_decay, tau=train.ema_tau or None)
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.9998) -> None:
-        self.ema = ModelEMA(model, decay=decay)
+    def __init__(self, model: nn.Module, *, decay: float = 0.9998, tau: float | None = 2000.0) -> None:
+        self.ema = ModelEMA(model, decay=decay, tau=tau)
 
     def state_dict(self) -> dict[str, Any]:
         return self.ema.state_dict()
