@@ -4,8 +4,8 @@ One command:  .venv/bin/python benchmarks/time_to_accuracy.py [--minutes 60] [--
 
 Each recipe trains from random initialisation (no weights are downloaded) on the same Penn-Fudan
 train/test split, the main job's 120/50 (``data.test_size`` 50, pinned here: the config's default
-became a fifth of the images on 2026-12-01, and runs made with it are on another split), with ``train.time_limit`` = ``--minutes`` of training time (evaluation is not
-counted). The recipes:
+became a fifth of the images on 2026-12-01, and runs made with it are on another split), with
+``train.time_limit`` = ``--minutes`` of training time (evaluation is not counted). The recipes:
 
 * ``tutorial``: the torchvision tutorial's Mask R-CNN R50-FPN, 800 px, batch 2, SGD lr 0.005, StepLR(3)
   over 10 epochs, flips; cut by the budget wherever it is (on 2 CPU cores its 10 epochs take ~4 h);

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from segtune.engine.presets import configure
 from segtune.engine.ema import EMAHook, ModelEMA
+from segtune.engine.presets import configure
 from segtune.errors import ConfigError
 
 
@@ -104,7 +104,8 @@ def test_bad_decay_is_refused() -> None:
         ModelEMA(_Net(), decay=1.5)
 
 
-@pytest.mark.parametrize(("tau", "decay_after_3600"), [(2000.0, 0.9998 * (1 - math.exp(-1.8))), (200.0, 0.9998), (0.0, 0.9998)])
+@pytest.mark.parametrize(("tau", "decay_after_3600"),
+                         [(2000.0, 0.9998 * (1 - math.exp(-1.8))), (200.0, 0.9998), (0.0, 0.9998)])
 def test_the_ramp_is_set_from_the_config(tau: float, decay_after_3600: float) -> None:
     # An hour of cpu-scratch is about 3,600 steps: with the default ramp the "average" is of the last
     # few steps only (decay 0.83); train.ema_tau shortens the ramp, 0 removes it.
