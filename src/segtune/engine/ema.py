@@ -15,9 +15,14 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from segtune.checkpoint import save_checkpoint
+from segtune.config import TrainConfig
 from segtune.engine.checkpoints import checkpoint_state
 from segtune.engine.distributed import unwrap
 from segtune.engine.hooks import HOOKS, Hook
+
+# The defaults are the config's (train.ema_decay, train.ema_tau): one place to change them.
+_DECAY: float = TrainConfig.ema_decay
+_TAU: float | None = TrainConfig.ema_tau
 
 
 class ModelEMA:
@@ -42,7 +47,7 @@ class ModelEMA:
         evaluate(ema.module)
     """
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.9998, tau: float | None = 2000.0) -> None:
+    def __init__(self, model: nn.Module, *, decay: float = _DECAY, tau: float | None = _TAU) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1] (got {decay})")
         if tau is not None and tau <= 0:
@@ -104,7 +109,7 @@ class EMAHook(Hook):
         train = trainer.cfg.train
         return cls(trainer.model, decay=train.ema_decay, tau=train.ema_tau or None)
 
-    def __init__(self, model: nn.Module, *, decay: float = 0.9998, tau: float | None = 2000.0) -> None:
+    def __init__(self, model: nn.Module, *, decay: float = _DECAY, tau: float | None = _TAU) -> None:
         self.ema = ModelEMA(model, decay=decay, tau=tau)
 
     def state_dict(self) -> dict[str, Any]:
