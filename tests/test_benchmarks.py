@@ -233,3 +233,14 @@ def test_public_data_builds_the_aerial_cars_set_from_a_git_snapshot(bench, tmp_p
     _, target = ds.load(0)
     assert target["labels"].tolist() == [1, 2]
     assert target["boxes"].tolist() == [[45.0, 20.0, 55.0, 30.0], [20.0, 20.0, 30.0, 30.0]]
+
+
+def test_the_peer_benchmark_turns_masks_into_polygons_and_scores_the_ground_truth_ap_1(bench, pennfudan, capsys):
+    """``peer_ultralytics.py --self-check`` (no peer venv): a 4-part mask survives mask -> YOLO polygon ->
+    mask, and on the main job's 120/50 Penn-Fudan split every test instance does too and the ground truth,
+    passed through the peer's results conversion, scores AP 1 by segtune's evaluator."""
+    module = bench("peer_ultralytics")
+    module.self_check(str(pennfudan))
+    out = capsys.readouterr().out
+    assert "synthetic 4-part mask -> polygon -> mask IoU" in out
+    assert "split 120/50; 126 test instances" in out and "bbox AP 1.000, segm AP 1.000: passed" in out
