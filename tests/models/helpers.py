@@ -1,9 +1,12 @@
 """Shared pieces of the model tests: small CPU detector settings, a two-image batch of bright
-rectangles, one checked training step, and the tutorial's MobileNetV2 named config."""
+rectangles, one checked training step, the tutorial's MobileNetV2 named config, and pretrained files
+placed in a temporary hub cache."""
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -61,3 +64,16 @@ def train_step(model: nn.Module, heads: list[str], **batch) -> dict[str, torch.T
 def tutorial_config(**extra):
     tree = flatten(load_yaml(named_config("tutorial_mobilenet_v2")))
     return build_config(("tutorial_mobilenet_v2", tree), ("test", extra))
+
+
+def official_file(home: Path, weights) -> Path:
+    """Where torch's hub cache under TORCH_HOME ``home`` keeps the official file of ``weights``."""
+    return home / "hub" / "checkpoints" / os.path.basename(weights.url)
+
+
+def place(home: Path, weights, state: dict[str, torch.Tensor]) -> Path:
+    """Put ``state`` in the hub cache of ``home`` under the official file name of ``weights``."""
+    target = official_file(home, weights)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, target)
+    return target

@@ -1,5 +1,6 @@
-"""Backbone weights offline (torch hub cache, a file, clear errors naming the file to place), and
-Mask R-CNN on MobileNetV3-Large FPN started from the COCO Faster R-CNN weights.
+"""Backbone weights offline (torch hub cache, a file, clear errors naming the file to place), for
+segtune's generic backbones and torchvision's own builders, and Mask R-CNN on MobileNetV3-Large FPN
+started from the COCO Faster R-CNN weights.
 
 Pretrained files are state dicts of the right architecture, placed in a temporary TORCH_HOME under
 torchvision's official file names; every download fails as it would without a network.
@@ -7,15 +8,12 @@ torchvision's official file names; every download fails as it would without a ne
 
 from __future__ import annotations
 
-import os
-import urllib.error
 from pathlib import Path
 
 import pytest
 import torch
-import torch.hub
 import torchvision
-from torchvision.models import MobileNet_V2_Weights
+from torchvision.models import MobileNet_V2_Weights, get_model_weights
 from torchvision.models.detection import FasterRCNN_MobileNet_V3_Large_FPN_Weights
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -24,32 +22,12 @@ from segtune.config import build_config
 from segtune.errors import ConfigError, WeightsError
 from segtune.models import MODELS, build_from_config, build_model, model_from_checkpoint
 from segtune.models.backbones import build_backbone
+from segtune.models.weights import resolve_backbone_weights
 from tests.conftest import TINY_MODEL
-from tests.models.helpers import SCRATCH, SMALL, train_step, tutorial_config
+from tests.models.helpers import SCRATCH, SMALL, official_file, place, train_step, tutorial_config
 
 MOBILENET_V2_V1 = MobileNet_V2_Weights.IMAGENET1K_V1
 COCO_MOBILENET = FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path) -> Path:
-    """An empty TORCH_HOME and no network: every download fails as it would without one."""
-    home = tmp_path / "torch"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
-    return home
-
-
-def place(home: Path, weights, state: dict[str, torch.Tensor]) -> Path:
-    """Put ``state`` in the hub cache of ``home`` under the official file name of ``weights``."""
-    target = home / "hub" / "checkpoints" / os.path.basename(weights.url)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, target)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +74,13 @@ def test_backbone_weights_from_a_file(tmp_path, mobilenet_v2_state, offline):
 
 
 def test_missing_backbone_weights_name_the_file_to_place(offline):
-    expected = offline / "hub" / "checkpoints" / os.path.basename(MOBILENET_V2_V1.url)
+    expected = official_file(offline, MOBILENET_V2_V1)
     with pytest.raises(WeightsError) as info:
         build_backbone("mobilenet_v2", fpn=False, weights_backbone="IMAGENET1K_V1")
     assert str(expected) in str(info.value)
     assert MOBILENET_V2_V1.url in str(info.value)
     # The named config asks for the tutorial's IMAGENET1K_V2 file.
-    v2 = offline / "hub" / "checkpoints" / os.path.basename(MobileNet_V2_Weights.IMAGENET1K_V2.url)
+    v2 = official_file(offline, MobileNet_V2_Weights.IMAGENET1K_V2)
     with pytest.raises(WeightsError, match=str(v2)):
         build_from_config(tutorial_config().model, num_classes=2)
 
@@ -228,3 +206,63 @@ def test_maskrcnn_mobilenet_refuses_custom_backbone_keys():
         build_from_config(cfg.model, num_classes=2)
 
 
+# --- backbone-only weights of torchvision's own builders ---------------------------------------------
+
+
+BACKBONES = {"resnet50": "fcos_resnet50_fpn", "mobilenet_v3_large": "fasterrcnn_mobilenet_v3_large_fpn"}
+SMALL_INPUT = {"min_size": 64, "max_size": 96}
+
+
+@pytest.fixture(scope="module", params=sorted(BACKBONES))
+def backbone_file(request, tmp_path_factory):
+    """A TORCH_HOME holding a classification model's IMAGENET1K_V1 file (random values, the right keys)."""
+    name = request.param
+    torch.manual_seed(11)
+    state = torchvision.models.get_model(name, weights=None).state_dict()
+    home = tmp_path_factory.mktemp("torch_home")
+    path = place(home, get_model_weights(name).IMAGENET1K_V1, state)
+    yield name, home, state, path
+    path.unlink()
+
+
+def body_key(backbone: str, key: str) -> str | None:
+    """Where a classification model's key lives in the detector (None: cut off, e.g. the classifier)."""
+    if backbone.startswith("mobilenet"):
+        return f"backbone.body.{key[len('features.'):]}" if key.startswith("features.") else None
+    return None if key.startswith("fc.") else f"backbone.body.{key}"
+
+
+@pytest.mark.parametrize("spec", ["DEFAULT", "IMAGENET1K_V1", "path"])
+def test_backbone_weights_load_into_the_body(backbone_file, spec, monkeypatch, no_download):
+    backbone, home, state, path = backbone_file
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    assert resolve_backbone_weights(backbone, "DEFAULT").name == "IMAGENET1K_V1"
+    model = build_model(BACKBONES[backbone], num_classes=3, weights="none",
+                        weights_backbone=str(path) if spec == "path" else spec, **SMALL_INPUT)
+    got = model.state_dict()
+    mapped = {body_key(backbone, k): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    mapped.pop(None, None)
+    assert len(mapped) > 100
+    for key, value in mapped.items():
+        assert torch.equal(got[key], value), key
+    # Pretrained backbone: frozen BatchNorm, default eps, first stages frozen.
+    frozen = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and all(m.eps == 1e-5 for m in frozen)
+    flags = [p.requires_grad for p in model.backbone.body.parameters()]
+    assert not flags[0] and flags[-1]
+    # The FPN and heads start from random initialisation.
+    assert not any(k.startswith("backbone.fpn.") for k in mapped)
+
+
+@pytest.mark.parametrize("offline", ["patched", "refused"], indirect=True)
+def test_backbone_weights_offline_error_names_the_file(offline):
+    expected = official_file(offline, get_model_weights("resnet50").IMAGENET1K_V1)
+    with pytest.raises(WeightsError) as info:
+        build_model("fcos_resnet50_fpn", num_classes=2, weights="none", weights_backbone="DEFAULT", **SMALL_INPUT)
+    assert str(expected) in str(info.value)
+
+
+def test_backbone_weights_bad_name():
+    with pytest.raises(WeightsError, match="--weights-backbone 'IMAGENET9K'") as info:
+        build_model("fcos_resnet50_fpn", num_classes=2, weights="none", weights_backbone="IMAGENET9K", **SMALL_INPUT)
+    assert "IMAGENET1K_V1" in str(info.value)

@@ -1,7 +1,8 @@
 """Pretrained weights: the hub cache, the offline error, local files, names, and random initialisation.
 
-Whole-model weights of every family and backbone-only weights are tested the same way: a state dict
-of the right architecture is placed in a temporary TORCH_HOME under its official file name.
+Whole-model weights of every other family are in test_weights_families.py, backbone-only weights in
+test_backbone_weights.py; all are tested the same way: a state dict of the right architecture is placed
+in a temporary TORCH_HOME under its official file name.
 
 A COCO-shaped Mask R-CNN state dict (torchvision's layout, FrozenBatchNorm keys, 91 classes) is built
 once per module and marked with constant tensors, so equality with the file proves it was loaded.
@@ -9,8 +10,6 @@ once per module and marked with constant tensors, so equality with the file prov
 
 from __future__ import annotations
 
-import os
-import urllib.error
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,6 @@ import torch
 import torch.hub
 import torchvision
 from torch import nn
-from torchvision.models import get_model_weights
 from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -27,7 +25,8 @@ from segtune.errors import WeightsError
 from segtune.models import (
     build_from_config, build_model, cache_path, load_pretrained, resolve_weights, weights_available,
 )
-from segtune.models.weights import load_state_dict_file, resolve_backbone_weights
+from segtune.models.weights import load_state_dict_file
+from tests.models.helpers import official_file, place
 
 COCO_V1 = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
 SMALL = {"min_size": 64, "max_size": 96}
@@ -60,21 +59,9 @@ def coco_state() -> dict[str, torch.Tensor]:
 def coco_home(tmp_path_factory, coco_state) -> Path:
     """A TORCH_HOME whose hub cache holds the COCO_V1 file (written once)."""
     home = tmp_path_factory.mktemp("torch_home")
-    target = home / "hub" / "checkpoints" / os.path.basename(COCO_V1.url)
-    target.parent.mkdir(parents=True)
-    torch.save(coco_state, target)
+    target = place(home, COCO_V1, coco_state)
     yield home
     target.unlink(missing_ok=True)  # 170 MB: do not leave it in pytest's kept temp folders
-
-
-@pytest.fixture
-def no_download(monkeypatch):
-    """Any download attempt fails the test: the cache must be used."""
-
-    def fail(*args, **kwargs):
-        raise AssertionError(f"tried to download {args[:1]}")
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fail)
 
 
 @pytest.fixture(scope="module")
@@ -158,24 +145,7 @@ def test_weights_available_when_cached(coco_home, monkeypatch, no_download):
 # --- no network -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["patched", "refused"])
-def offline(request, monkeypatch, tmp_path) -> Path:
-    """An empty TORCH_HOME and no way to download: a patched hub function, or a proxy that refuses."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    if request.param == "patched":
-        def no_network(*args, **kwargs):
-            raise urllib.error.URLError("no network")
-
-        monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
-    else:
-        # The real download path, aimed at a closed local port so nothing leaves the machine.
-        for name in ("no_proxy", "NO_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
-            monkeypatch.setenv(name, "http://127.0.0.1:9")
-    return tmp_path / "torch"
-
-
+@pytest.mark.parametrize("offline", ["patched", "refused"], indirect=True)
 def test_offline_default_raises_with_cache_path(offline):
     expected = offline / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
     assert cache_path(COCO_V1) == expected
@@ -188,6 +158,7 @@ def test_offline_default_raises_with_cache_path(offline):
     assert not expected.exists()
 
 
+@pytest.mark.parametrize("offline", ["patched", "refused"], indirect=True)
 def test_offline_load_pretrained_and_available(offline):
     with pytest.raises(WeightsError, match="could not download"):
         load_pretrained(COCO_V1, progress=False)
@@ -198,7 +169,7 @@ def test_offline_load_pretrained_and_available(offline):
 
 
 def test_coco_shaped_file_by_path_gets_new_heads(coco_home, coco_state, no_download):
-    path = coco_home / "hub" / "checkpoints" / os.path.basename(COCO_V1.url)
+    path = official_file(coco_home, COCO_V1)
     assert resolve_weights("maskrcnn_resnet50_fpn", str(path)) == path
     model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
     assert_body_equal(model, coco_state)
@@ -330,150 +301,9 @@ def test_none_builds_trainable_batchnorm(monkeypatch, no_download, tmp_path):
 
 
 def test_official_file_by_path_matches_default_eps(coco_home, no_download):
-    path = coco_home / "hub" / "checkpoints" / os.path.basename(COCO_V1.url)
+    path = official_file(coco_home, COCO_V1)
     model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
     assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
-
-
-# --- every family: official files in a temporary hub cache ------------------------------------------
-
-#: One registered model per family, with the torchvision builder arguments of its COCO file.
-FAMILIES = {
-    "fasterrcnn_resnet50_fpn_v2": {"num_classes": 91},
-    "fasterrcnn_mobilenet_v3_large_fpn": {"num_classes": 91},
-    "keypointrcnn_resnet50_fpn": {"num_classes": 2, "num_keypoints": 17},
-    "retinanet_resnet50_fpn_v2": {"num_classes": 91},
-    "fcos_resnet50_fpn": {"num_classes": 91},
-}
-#: Layers made new for the user's classes (3) and keypoints (5); everything else comes from the file.
-NEW = ("roi_heads.box_predictor.", "roi_heads.keypoint_predictor.", "head.classification_head.cls_logits.")
-
-
-def official_file(home: Path, weights) -> Path:
-    return home / "hub" / "checkpoints" / os.path.basename(weights.url)
-
-
-@pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family_file(request, tmp_path_factory):
-    """A TORCH_HOME holding a state dict of the family's architecture under its DEFAULT file name."""
-    name = request.param
-    torch.manual_seed(7)
-    reference = torchvision.models.get_model(name, weights=None, weights_backbone=None, **FAMILIES[name])
-    state = reference.state_dict()
-    del reference
-    home = tmp_path_factory.mktemp("torch_home")
-    path = official_file(home, get_model_weights(name).DEFAULT)
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    yield name, home, state
-    path.unlink()
-
-
-def test_family_default_weights_load_and_heads_fit_the_classes(family_file, monkeypatch, no_download):
-    name, home, state = family_file
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    keypoints = {"num_keypoints": 5} if "keypoint" in name else {}
-    model = build_model(name, num_classes=3, weights="DEFAULT", **keypoints, **SMALL)
-    got = model.state_dict()
-    kept = [k for k in got if not k.startswith(NEW)]
-    assert len(kept) > 150
-    for key in kept:
-        assert torch.equal(got[key], state[key]), key
-    # The file's extra keys are only BatchNorm counters that frozen BatchNorm does not keep.
-    assert all(k.endswith("num_batches_tracked") for k in set(state) - set(got))
-    new = [k for k in got if k.startswith(NEW)]
-    assert new
-    if hasattr(model, "roi_heads"):
-        assert model.roi_heads.box_predictor.cls_score.out_features == 3
-        assert model.roi_heads.box_predictor.bbox_pred.out_features == 12
-    else:
-        head = model.head.classification_head
-        assert head.num_classes == 3 and head.cls_logits.out_channels == 3 * head.num_anchors
-        # The convolution tower in front of the new logits keeps the file's weights.
-        assert any(k.startswith("head.classification_head.conv.") for k in kept)
-    if keypoints:
-        assert model.roi_heads.keypoint_predictor.kps_score_lowres.out_channels == 5
-        assert any(k.startswith("roi_heads.keypoint_head.") for k in kept)
-    frozen = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
-    assert frozen and not any(isinstance(m, nn.BatchNorm2d) for m in model.backbone.body.modules())
-    # torchvision's overwrite_eps quirk applies to Keypoint R-CNN's COCO_V1 only among these.
-    assert all(m.eps == (0.0 if name == "keypointrcnn_resnet50_fpn" else 1e-5) for m in frozen)
-    # Pretrained: three backbone stages train, the first ones are frozen.
-    flags = [p.requires_grad for p in model.backbone.body.parameters()]
-    assert not flags[0] and flags[-1]
-
-
-def test_family_offline_error_names_the_official_file(family_file, offline):
-    name = family_file[0]
-    expected = official_file(offline, get_model_weights(name).DEFAULT)
-    with pytest.raises(WeightsError) as info:
-        build_model(name, num_classes=3, weights="DEFAULT", **SMALL)
-    assert str(expected) in str(info.value)
-    assert not expected.exists()
-
-
-@pytest.mark.parametrize("name,eps", [
-    ("maskrcnn_resnet50_fpn", 0.0), ("fasterrcnn_resnet50_fpn", 0.0), ("keypointrcnn_resnet50_fpn", 0.0),
-    ("maskrcnn_resnet50_fpn_v2", 1e-5), ("fcos_resnet50_fpn", 1e-5),
-])
-def test_rebuilt_from_config_keeps_coco_v1_eps(name, eps, monkeypatch, tmp_path, no_download):
-    """A checkpoint's model is rebuilt with the eps its COCO weights need, reading no file."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    cfg = build_config(("checkpoint config", {"model.name": name, "model.weights": "DEFAULT"}))
-    with torch.device("meta"):
-        model = build_from_config(cfg.model, num_classes=2, load_weights=False)
-    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    assert frozen and all(m.eps == eps for m in frozen)
-    assert not any(tmp_path.iterdir())
-
-
-# --- backbone-only weights --------------------------------------------------------------------------
-
-
-BACKBONES = {"resnet50": "fcos_resnet50_fpn", "mobilenet_v3_large": "fasterrcnn_mobilenet_v3_large_fpn"}
-
-
-@pytest.fixture(scope="module", params=sorted(BACKBONES))
-def backbone_file(request, tmp_path_factory):
-    """A TORCH_HOME holding a classification model's IMAGENET1K_V1 file (random values, the right keys)."""
-    name = request.param
-    torch.manual_seed(11)
-    state = torchvision.models.get_model(name, weights=None).state_dict()
-    home = tmp_path_factory.mktemp("torch_home")
-    path = official_file(home, get_model_weights(name).IMAGENET1K_V1)
-    path.parent.mkdir(parents=True)
-    torch.save(state, path)
-    yield name, home, state, path
-    path.unlink()
-
-
-def body_key(backbone: str, key: str) -> str | None:
-    """Where a classification model's key lives in the detector (None: cut off, e.g. the classifier)."""
-    if backbone.startswith("mobilenet"):
-        return f"backbone.body.{key[len('features.'):]}" if key.startswith("features.") else None
-    return None if key.startswith("fc.") else f"backbone.body.{key}"
-
-
-@pytest.mark.parametrize("spec", ["DEFAULT", "IMAGENET1K_V1", "path"])
-def test_backbone_weights_load_into_the_body(backbone_file, spec, monkeypatch, no_download):
-    backbone, home, state, path = backbone_file
-    monkeypatch.setenv("TORCH_HOME", str(home))
-    assert resolve_backbone_weights(backbone, "DEFAULT").name == "IMAGENET1K_V1"
-    model = build_model(BACKBONES[backbone], num_classes=3, weights="none",
-                        weights_backbone=str(path) if spec == "path" else spec, **SMALL)
-    got = model.state_dict()
-    mapped = {body_key(backbone, k): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
-    mapped.pop(None, None)
-    assert len(mapped) > 100
-    for key, value in mapped.items():
-        assert torch.equal(got[key], value), key
-    # Pretrained backbone: frozen BatchNorm, default eps, first stages frozen.
-    frozen = [m for m in model.backbone.body.modules() if isinstance(m, FrozenBatchNorm2d)]
-    assert frozen and all(m.eps == 1e-5 for m in frozen)
-    flags = [p.requires_grad for p in model.backbone.body.parameters()]
-    assert not flags[0] and flags[-1]
-    # The FPN and heads start from random initialisation.
-    assert not any(k.startswith("backbone.fpn.") for k in mapped)
 
 
 def test_backbone_weights_ignored_under_whole_model_weights(coco_home, coco_state, monkeypatch, no_download):
@@ -481,19 +311,6 @@ def test_backbone_weights_ignored_under_whole_model_weights(coco_home, coco_stat
     monkeypatch.setenv("TORCH_HOME", str(coco_home))
     model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", weights_backbone="DEFAULT", **SMALL)
     assert torch.equal(model.state_dict()["backbone.body.conv1.weight"], coco_state["backbone.body.conv1.weight"])
-
-
-def test_backbone_weights_offline_error_names_the_file(offline):
-    expected = official_file(offline, get_model_weights("resnet50").IMAGENET1K_V1)
-    with pytest.raises(WeightsError) as info:
-        build_model("fcos_resnet50_fpn", num_classes=2, weights="none", weights_backbone="DEFAULT", **SMALL)
-    assert str(expected) in str(info.value)
-
-
-def test_backbone_weights_bad_name():
-    with pytest.raises(WeightsError, match="--weights-backbone 'IMAGENET9K'") as info:
-        build_model("fcos_resnet50_fpn", num_classes=2, weights="none", weights_backbone="IMAGENET9K", **SMALL)
-    assert "IMAGENET1K_V1" in str(info.value)
 
 
 def test_mask_upsampling_layer_kept_from_coco(default_model, coco_state):
