@@ -29,15 +29,17 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return values
 
 
-def machine() -> str:
-    """One line naming the CPU (or GPU), the threads torch uses and the torch / torchvision versions."""
+def machine(threads: int | None = None) -> str:
+    """One line naming the CPU (or GPU), the threads torch uses (``threads``: those of another process
+    that did the work, such as the peer's) and the torch / torchvision versions."""
     import torchvision
 
     from segtune.runtime import cpu_name
 
     cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads{gpu}, "
+    threads = torch.get_num_threads() if threads is None else threads
+    return (f"{cpu}, {os.cpu_count()} cores, {threads} torch threads{gpu}, "
             f"torch {torch.__version__}, torchvision {torchvision.__version__}")
 
 

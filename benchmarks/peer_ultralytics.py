@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from common import DATA, write_result
+from common import DATA, machine, write_result
 from peer_venv import PEER, ROOT, WORK, Failure, ensure_peer_venv, say, worker
 
 MODEL = "yolo26n-seg.yaml"
@@ -284,6 +284,7 @@ def run(args: argparse.Namespace) -> None:
         "ultralytics": predicted["ultralytics"], "model": f"{MODEL} (random initialisation)", "imgsz": IMGSZ,
         "batch": BATCH, "optimizer": "auto", "minutes": args.minutes, "threads": args.threads,
         "torch_threads": {"train": trained["torch_threads"], "inference": predicted["torch_threads"]},
+        "machine": machine(threads=trained["torch_threads"]),  # the peer's threads, not this process's
         "epochs": trained["epochs_done"], "train_loop_min": round(trained["train_loop_s"] / 60, 2),
         "train_wall_min": round(trained["train_wall_s"] / 60, 2),
         "ultralytics_own_best_metrics": trained["ultralytics_best_metrics"],
