@@ -41,8 +41,6 @@ def say(message: str) -> None:
     print(f"peer_ultralytics: {message}", flush=True)
 
 
-# --- 1. the peer venv ---------------------------------------------------------------------------------
-
 def segtune_site_packages() -> list[str]:
     import sysconfig
 

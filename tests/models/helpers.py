@@ -20,6 +20,8 @@ SMALL = {
     "rpn_pre_nms_top_n_test": 50, "rpn_post_nms_top_n_test": 25, "box_batch_size_per_image": 32,
     "box_detections_per_img": 20,
 }
+#: Input size alone, for builders that take no RPN / RoI settings (RetinaNet, FCOS) or where they do not matter.
+SMALL_INPUT = {"min_size": 64, "max_size": 96}
 SCRATCH = {"weights": "none", "weights_backbone": "none"}
 
 

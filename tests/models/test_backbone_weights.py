@@ -24,7 +24,7 @@ from segtune.models import MODELS, build_from_config, build_model, model_from_ch
 from segtune.models.backbones import build_backbone
 from segtune.models.weights import resolve_backbone_weights
 from tests.conftest import TINY_MODEL
-from tests.models.helpers import SCRATCH, SMALL, official_file, place, train_step, tutorial_config
+from tests.models.helpers import SCRATCH, SMALL, SMALL_INPUT, official_file, place, train_step, tutorial_config
 
 MOBILENET_V2_V1 = MobileNet_V2_Weights.IMAGENET1K_V1
 COCO_MOBILENET = FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1
@@ -210,7 +210,6 @@ def test_maskrcnn_mobilenet_refuses_custom_backbone_keys():
 
 
 BACKBONES = {"resnet50": "fcos_resnet50_fpn", "mobilenet_v3_large": "fasterrcnn_mobilenet_v3_large_fpn"}
-SMALL_INPUT = {"min_size": 64, "max_size": 96}
 
 
 @pytest.fixture(scope="module", params=sorted(BACKBONES))

@@ -26,10 +26,9 @@ from segtune.models import (
     build_from_config, build_model, cache_path, load_pretrained, resolve_weights, weights_available,
 )
 from segtune.models.weights import load_state_dict_file
-from tests.models.helpers import official_file, place
+from tests.models.helpers import SMALL_INPUT, official_file, place
 
 COCO_V1 = MaskRCNN_ResNet50_FPN_Weights.COCO_V1
-SMALL = {"min_size": 64, "max_size": 96}
 HEADS = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.")
 # Tensors set to constants in the file: a fresh random initialisation cannot produce them.
 MARKERS = {
@@ -69,7 +68,7 @@ def default_model(coco_home) -> nn.Module:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TORCH_HOME", str(coco_home))
         mp.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download"))
-        return build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", **SMALL)
+        return build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", **SMALL_INPUT)
 
 
 def assert_body_equal(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -130,7 +129,7 @@ def test_coco_v1_by_name_sets_eps(coco_home, coco_state, monkeypatch, no_downloa
     monkeypatch.setenv("TORCH_HOME", str(coco_home))
     assert resolve_weights("maskrcnn_resnet50_fpn", "COCO_V1") is COCO_V1
     assert resolve_weights("maskrcnn_resnet50_fpn", "DEFAULT") is COCO_V1
-    model = build_model("maskrcnn_resnet50_fpn", num_classes=3, weights="COCO_V1", **SMALL)
+    model = build_model("maskrcnn_resnet50_fpn", num_classes=3, weights="COCO_V1", **SMALL_INPUT)
     assert model.roi_heads.box_predictor.cls_score.out_features == 3
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 3
     assert torch.equal(model.state_dict()["rpn.head.conv.0.0.weight"], coco_state["rpn.head.conv.0.0.weight"])
@@ -150,7 +149,7 @@ def test_offline_default_raises_with_cache_path(offline):
     expected = offline / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth"
     assert cache_path(COCO_V1) == expected
     with pytest.raises(WeightsError) as info:
-        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", **SMALL)
+        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", **SMALL_INPUT)
     message = str(info.value)
     assert str(expected) in message
     assert "--weights" in message and "--weights none" in message
@@ -171,7 +170,7 @@ def test_offline_load_pretrained_and_available(offline):
 def test_coco_shaped_file_by_path_gets_new_heads(coco_home, coco_state, no_download):
     path = official_file(coco_home, COCO_V1)
     assert resolve_weights("maskrcnn_resnet50_fpn", str(path)) == path
-    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
+    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL_INPUT)
     assert_body_equal(model, coco_state)
     assert_two_class_heads(model)
     assert isinstance(model.backbone.body.bn1, FrozenBatchNorm2d)
@@ -189,7 +188,7 @@ def test_file_with_matching_classes_keeps_heads(tmp_path, coco_state, no_downloa
     path = tmp_path / "best.pt"
     torch.save({"format_version": 1, "model": state, "classes": ["pedestrian"], "config": {}, "epoch": 3}, path)
     try:
-        model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
+        model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL_INPUT)
     finally:
         path.unlink()
     got = model.state_dict()
@@ -203,7 +202,7 @@ def test_file_that_does_not_fit(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"backbone.something.weight": torch.zeros(3)}, path)
     with pytest.raises(WeightsError, match="does not fit maskrcnn_resnet50_fpn") as info:
-        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
+        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL_INPUT)
     assert str(path) in str(info.value)
 
 
@@ -212,7 +211,7 @@ def test_garbage_file_names_path(tmp_path, content):
     path = tmp_path / "garbage.pth"
     path.write_bytes(content)
     with pytest.raises(WeightsError) as info:
-        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
+        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL_INPUT)
     assert str(path) in str(info.value)
     assert "not a loadable weights file" in str(info.value)
 
@@ -271,7 +270,7 @@ def test_path_with_tilde(tmp_path, monkeypatch):
 @pytest.mark.parametrize("spec", ["COCO_V9", "coco_v1", "/no/such/file.pth"])
 def test_unknown_name_lists_valid_names(spec):
     with pytest.raises(WeightsError) as info:
-        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=spec, **SMALL)
+        build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=spec, **SMALL_INPUT)
     message = str(info.value)
     assert spec in message
     for name in ("DEFAULT", "COCO_V1", "none"):
@@ -287,7 +286,7 @@ def test_no_weights_specs(spec):
 def test_none_builds_trainable_batchnorm(monkeypatch, no_download, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached: nothing may be read
     torch.manual_seed(0)
-    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="none", **SMALL)
+    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="none", **SMALL_INPUT)
     body = model.backbone.body
     assert type(body.bn1) is nn.BatchNorm2d
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
@@ -302,14 +301,14 @@ def test_none_builds_trainable_batchnorm(monkeypatch, no_download, tmp_path):
 
 def test_official_file_by_path_matches_default_eps(coco_home, no_download):
     path = official_file(coco_home, COCO_V1)
-    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL)
+    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights=str(path), **SMALL_INPUT)
     assert all(m.eps == 0.0 for m in model.modules() if isinstance(m, FrozenBatchNorm2d))
 
 
 def test_backbone_weights_ignored_under_whole_model_weights(coco_home, coco_state, monkeypatch, no_download):
     """Whole-model weights win: --weights-backbone is not even looked for (its file is absent)."""
     monkeypatch.setenv("TORCH_HOME", str(coco_home))
-    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", weights_backbone="DEFAULT", **SMALL)
+    model = build_model("maskrcnn_resnet50_fpn", num_classes=2, weights="DEFAULT", weights_backbone="DEFAULT", **SMALL_INPUT)
     assert torch.equal(model.state_dict()["backbone.body.conv1.weight"], coco_state["backbone.body.conv1.weight"])
 
 

@@ -15,9 +15,8 @@ from torchvision.ops import FrozenBatchNorm2d
 from segtune.config import build_config
 from segtune.errors import WeightsError
 from segtune.models import build_from_config, build_model
-from tests.models.helpers import official_file, place
+from tests.models.helpers import SMALL_INPUT, official_file, place
 
-SMALL = {"min_size": 64, "max_size": 96}
 #: One registered model per family, with the torchvision builder arguments of its COCO file.
 FAMILIES = {
     "fasterrcnn_resnet50_fpn_v2": {"num_classes": 91},
@@ -48,7 +47,7 @@ def test_family_default_weights_load_and_heads_fit_the_classes(family_file, monk
     name, home, state = family_file
     monkeypatch.setenv("TORCH_HOME", str(home))
     keypoints = {"num_keypoints": 5} if "keypoint" in name else {}
-    model = build_model(name, num_classes=3, weights="DEFAULT", **keypoints, **SMALL)
+    model = build_model(name, num_classes=3, weights="DEFAULT", **keypoints, **SMALL_INPUT)
     got = model.state_dict()
     kept = [k for k in got if not k.startswith(NEW)]
     assert len(kept) > 150
@@ -83,7 +82,7 @@ def test_family_offline_error_names_the_official_file(family_file, offline):
     name = family_file[0]
     expected = official_file(offline, get_model_weights(name).DEFAULT)
     with pytest.raises(WeightsError) as info:
-        build_model(name, num_classes=3, weights="DEFAULT", **SMALL)
+        build_model(name, num_classes=3, weights="DEFAULT", **SMALL_INPUT)
     assert str(expected) in str(info.value)
     assert not expected.exists()
 
