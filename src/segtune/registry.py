@@ -1,4 +1,5 @@
-"""Owns the small name -> builder registry used for models (and, later, data formats and hooks)."""
+"""Owns the small name -> object registry used for models, model families, runtimes, data formats, hooks,
+prediction stages and sinks."""
 
 from __future__ import annotations
 
@@ -32,8 +33,17 @@ class Registry(Generic[T]):
             raise ConfigError(f"{self.kind} '{name}' is not registered; choose one of: {', '.join(self.names())}")
         return self._items[name]
 
+    def unregister(self, name: str) -> T:
+        """Remove ``name`` and return what it named (a plug-in loaded for a while, e.g. in a test)."""
+        self.get(name)
+        return self._items.pop(name)
+
     def names(self) -> list[str]:
         return sorted(self._items)
+
+    def values(self) -> list[T]:
+        """The registered objects, in the order they were registered."""
+        return list(self._items.values())
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

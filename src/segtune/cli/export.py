@@ -1,12 +1,14 @@
-"""``segtune export``: a checkpoint's model as an ONNX or TorchScript file (with a sidecar JSON), checked."""
+"""``segtune export``: a checkpoint's model as a file of a registered runtime (ONNX, TorchScript, ...) with a
+sidecar JSON, checked."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from segtune.export import FORMATS, export_model
+from segtune.export import export_model
 from segtune.export.exporter import DEFAULT_OPSET
+from segtune.runtimes import RUNTIMES, export_formats
 
 
 def add_parser(sub: Any) -> None:
@@ -17,7 +19,9 @@ def add_parser(sub: Any) -> None:
                        "is loaded back and run beside the checkpoint's model on a sample image. segtune predict "
                        "and evaluate take the file in place of the checkpoint.")
     p.add_argument("checkpoint", help="a .pt checkpoint, or a run folder (uses weights/best.pt)")
-    p.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (run by ONNX Runtime) or torchscript")
+    formats = export_formats()
+    p.add_argument("--format", choices=formats, default="onnx",
+                   help=" or ".join(f"{name} ({RUNTIMES.get(name).description})" for name in formats))
     p.add_argument("--out", help="the file to write (default: beside the checkpoint, e.g. weights/best.onnx)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], default="auto",

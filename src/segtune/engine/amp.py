@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from segtune.errors import ConfigError
-from segtune.models.precision import bf16_is_slow_here, keep_boxes_float32, keep_heatmaps_contiguous, resolve_amp
+from segtune.models.family import family_of
+from segtune.models.precision import bf16_is_slow_here, resolve_amp
 
-__all__ = ["keep_boxes_float32", "keep_heatmaps_contiguous", "resolve_amp", "resolve_memory_format", "setup_amp"]
+__all__ = ["resolve_amp", "resolve_memory_format", "setup_amp"]
 
 logger = logging.getLogger("segtune.train")
 
@@ -28,7 +29,8 @@ def resolve_memory_format(memory_format: str, amp: str, model: nn.Module) -> boo
 def setup_amp(amp: str, device: torch.device, model: nn.Module,
               memory_format: str = "contiguous") -> tuple[torch.dtype | None, torch.amp.GradScaler]:
     """For ``train.amp`` (auto | none | fp16 | bf16): the autocast dtype (None: no autocast) and the grad
-    scaler (on for fp16 only); under autocast, ``model``'s boxes stay float32 (:func:`keep_boxes_float32`).
+    scaler (on for fp16 only); under autocast or channels-last, the hooks ``model``'s family declares
+    (:meth:`~segtune.models.family.ModelFamily.precision_hooks`: an R-CNN's boxes stay float32).
     With ``memory_format`` (auto | channels_last | contiguous) saying so, ``model``'s 4-d weights move
     to channels-last in place (the parameters stay the same objects, so an optimiser built over them
     keeps working); convolutions then run channels-last from their first layer on. Logs what it chose.
@@ -44,12 +46,11 @@ def setup_amp(amp: str, device: torch.device, model: nn.Module,
     if bf16_is_slow_here(amp, device):
         logger.warning("train.amp bf16: this CPU has no native bfloat16 instructions (AVX-512 BF16 or AMX), "
                        "so bf16 autocast is slower than float32 here; use --amp none")
-    if dtype is not None:
-        keep_boxes_float32(model)
     channels_last = resolve_memory_format(memory_format, amp, model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-        keep_heatmaps_contiguous(model)
+    if dtype is not None or channels_last:
+        family_of(model).precision_hooks(model)
     if asked == "auto" or channels_last:
         logger.info("number formats: %s autocast, %s weights (%s)", "no" if dtype is None else amp,
                     "channels-last" if channels_last else "contiguous", why)

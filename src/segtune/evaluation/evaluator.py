@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,15 +11,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from segtune.checkpoint import checkpoint_data, load_checkpoint
-from segtune.config import DataConfig
 from segtune.data import build_dataset, build_loader
 from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoints, score, stat_names
-from segtune.errors import CheckpointError
-from segtune.models import model_from_checkpoint
-from segtune.models.exported import exported_format, load_exported
-from segtune.models.precision import autocast, float_outputs, inference_precision, refuse_amp_for_exported
+from segtune.models import family_of
+from segtune.models.family import unwrap
+from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.runtime import default_workers, resolve_device, track
+from segtune.runtimes import open_model
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +37,6 @@ class EvalReport:
     gt: dict[str, Any] = field(default_factory=dict, repr=False)
     #: the data set evaluated (for a report's pictures and label statistics)
     dataset: Any = field(default=None, repr=False)
-
-    def primary(self) -> float:
-        """The AP that ranks checkpoints: see :func:`primary_metric`."""
-        return primary_metric(self.metrics)
 
 
 def primary_metric(metrics: dict[str, dict[str, float]]) -> float:
@@ -81,28 +74,18 @@ def category_ids_of(dataset: Any, classes: list[str]) -> list[int]:
     return ids if len(ids) == len(classes) else list(range(1, len(classes) + 1))
 
 
-def has_masks(model: nn.Module) -> bool:
-    """Whether ``model`` has a mask head (Mask R-CNN); RetinaNet, FCOS and Faster R-CNN have none."""
-    roi_heads = getattr(model, "roi_heads", None)
-    return bool(roi_heads is not None and getattr(roi_heads, "has_mask", lambda: False)())
-
-
-def has_keypoints(model: nn.Module) -> bool:
-    """Whether ``model`` has a keypoint head (Keypoint R-CNN)."""
-    roi_heads = getattr(model, "roi_heads", None)
-    return bool(roi_heads is not None and getattr(roi_heads, "has_keypoint", lambda: False)())
-
-
 def iou_types_for(model: nn.Module, outputs_keys: set[str], gt: dict[str, Any]) -> tuple[str, ...]:
     """What to score: ``bbox`` always, ``segm`` for masks, ``keypoints`` for keypoints the ground truth has too.
 
     Taken from the keys the model's outputs had (torchvision detectors return ``masks`` and
-    ``keypoints`` even for images without detections), else from its heads.
+    ``keypoints`` even for images without detections), else from what its family declares.
     """
+    declared = set(family_of(model).outputs(unwrap(model))) if isinstance(unwrap(model), nn.Module) else set()
+    outputs_keys = set(outputs_keys) | declared
     types = ["bbox"]
-    if "masks" in outputs_keys or has_masks(model):
+    if "masks" in outputs_keys:
         types.append("segm")
-    if "keypoints" in outputs_keys or has_keypoints(model):
+    if "keypoints" in outputs_keys:
         if gt_has_keypoints(gt):
             types.append("keypoints")
         else:
@@ -196,51 +179,35 @@ def evaluate_checkpoint(
     workers: int | None = None,
     amp: str = "none",
 ) -> EvalReport:
-    """Evaluate a segtune checkpoint on a split of its data set (the split saved with the run).
+    """Evaluate a segtune checkpoint, or a file written by ``segtune export``, on a split of its data set (the
+    split saved with the run; an exported file's is its checkpoint's while that checkpoint is where it was
+    exported from, else give ``data`` with ``split="all"``).
 
     Args:
-        checkpoint: a ``.pt`` file or a run folder (its ``weights/best.pt`` is used).
+        checkpoint: a ``.pt`` file, a run folder (its ``weights/best.pt`` is used), or an exported file.
         data: the data set folder, if it moved since training (default: the one in the checkpoint).
         split: ``test``, ``train`` or ``all``.
         amp: ``none`` (float32), ``bf16`` or ``auto`` (bf16 where the CPU or GPU runs it natively): the
             checkpoint's model run under autocast with channels-last weights; not for exported files.
     """
     dev = resolve_device(device)
-    if exported_format(checkpoint):
-        refuse_amp_for_exported(checkpoint, amp)
-        return _evaluate_exported(checkpoint, data=data, split=split, device=dev, workers=workers)
-    ckpt = load_checkpoint(checkpoint)
-    model, cfg = model_from_checkpoint(ckpt)
-    files = None if split == "all" else ckpt.get("split", {}).get(split)
-    dataset = build_dataset(checkpoint_data(ckpt, data, split), files=files, train=False)
-    logger.info("evaluating %s on %d %s images of %s", ckpt["path"], len(dataset), split, dataset.root)
-    model = model.to(dev)
-    return evaluate_model(
-        model, dataset, list(ckpt["classes"]), device=dev,
-        batch_size=batch_size or cfg.eval.batch_size, workers=default_workers(dev, workers),
-        mask_threshold=cfg.eval.mask_threshold, autocast_dtype=inference_precision(model, amp, dev),
-    )
-
-
-def _evaluate_exported(path: str | os.PathLike, *, data: str | None, split: str, device: torch.device,
-                       workers: int | None) -> EvalReport:
-    """An exported model (ONNX, TorchScript) scored like its checkpoint: on the checkpoint's split and data
-    settings when that checkpoint is still where it was exported from, else on every image of ``data``."""
-    model, meta = load_exported(path, device=device)
-    source = Path(meta.get("checkpoint") or "")
-    if source.is_file():
-        ckpt = load_checkpoint(source)
-        files = None if split == "all" else ckpt.get("split", {}).get(split)
-        data_cfg = checkpoint_data(ckpt, data, split)
-    elif data and split == "all":
-        files, data_cfg = None, DataConfig(path=data)
-    else:
-        raise CheckpointError(f"{path}: its checkpoint {source} is gone, so its {split} split is unknown: give "
-                              "--data PATH --split all")
+    loaded = open_model(checkpoint, device=dev, amp=amp)
+    data_cfg, files = loaded.split_data(split, data)
     dataset = build_dataset(data_cfg, files=files, train=False)
-    if float(meta.get("min_score", 0.0)) > 0.05:
-        logger.warning("%s drops detections scoring below %.2f inside it (exported with --score-threshold), so its "
-                       "AP counts only those and is lower than its checkpoint's", path, meta["min_score"])
-    logger.info("evaluating %s (%s) on %d %s images of %s", path, meta["format"], len(dataset), split, dataset.root)
-    return evaluate_model(model, dataset, list(meta["classes"]), device=device, batch_size=1,
-                          workers=default_workers(device, workers), mask_threshold=float(meta["mask_threshold"]))
+    if loaded.exported:
+        if float(loaded.meta.get("min_score", 0.0)) > 0.05:
+            logger.warning("%s drops detections scoring below %.2f inside it (exported with --score-threshold), so "
+                           "its AP counts only those and is lower than its checkpoint's", checkpoint,
+                           loaded.meta["min_score"])
+        logger.info("evaluating %s (%s) on %d %s images of %s", checkpoint, loaded.runtime, len(dataset), split,
+                    dataset.root)
+        batch_size, dtype = 1, None
+    else:
+        logger.info("evaluating %s on %d %s images of %s", loaded.path, len(dataset), split, dataset.root)
+        batch_size = batch_size or loaded.config.eval.batch_size
+    model = loaded.model.to(dev)
+    if not loaded.exported:
+        dtype = inference_precision(model, amp, dev)
+    return evaluate_model(model, dataset, loaded.classes, device=dev, batch_size=batch_size,
+                          workers=default_workers(dev, workers), mask_threshold=loaded.mask_threshold,
+                          autocast_dtype=dtype)

@@ -1,7 +1,8 @@
 """Owns ``segtune benchmark RUN``: every way to run a trained model, side by side on its test split.
 
-Rows: eager fp32, eager bf16 (channels-last + CPU autocast; only where the CPU runs bfloat16 natively), TorchScript
-and ONNX Runtime (each exported and checked by :func:`segtune.export.export_model` first). Columns:
+Rows: eager fp32, eager bf16 (channels-last + CPU autocast; only where the CPU runs bfloat16 natively), then
+every registered runtime that exports -- ONNX Runtime, TorchScript, a plug-in's -- each exported from the
+one opened checkpoint and checked by :func:`segtune.export.export_loaded` first. Columns:
 status (ok, parity passed, or failed and why), file size, bbox and segm AP on the whole test split
 from that path, and the median milliseconds per image at batch 1 (after two warm-up images) with
 images per second, at evaluation settings (every detection the model keeps, its masks pasted at
@@ -26,17 +27,15 @@ from typing import Any
 
 import torch
 
-from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import build_dataset
 from segtune.errors import SegtuneError
 from segtune.evaluation import dataset_ground_truth, evaluate_model
-from segtune.export.exporter import default_output, export_model
+from segtune.export.exporter import default_output, export_loaded
 from segtune.fileio import write_json
-from segtune.models import model_from_checkpoint
-from segtune.models.exported import InferenceOnly, load_exported
 from segtune.models.min_score import min_score_inside
 from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.runtime import cpu_has_native_bf16, cpu_name
+from segtune.runtimes import InferenceOnly, LoadedModel, export_formats, open_model
 from segtune.threads import configure_threads, describe_threads
 
 logger = logging.getLogger(__name__)
@@ -86,30 +85,39 @@ def _time(runner: Any, images: list[torch.Tensor], min_score: float = 0.0) -> tu
     return round(statistics.median(times) * 1000, 1), round(len(times) / sum(times), 2)
 
 
-def _exported(run: Path, name: str, out: Path, score_threshold: float | None) -> tuple[Any, str, float]:
-    """``(runner, status, size in MB)`` of the run exported as ``name`` to ``out``; SegtuneError when it fails."""
-    result = export_model(run, name, out=out, score_threshold=score_threshold)
+def _exported(loaded: LoadedModel, name: str, out: Path, score_threshold: float | None) -> tuple[Any, str, float]:
+    """``(runner, status, size in MB)`` of the opened checkpoint exported as ``name`` to ``out``; SegtuneError
+    when it fails."""
+    result = export_loaded(loaded, name, out=out, score_threshold=score_threshold)
     status = "parity passed" if result.parity.ok else "parity FAILED: " + "; ".join(result.parity.problems)
-    runner, _ = load_exported(out)
+    runner = open_model(out).model
     return runner, status, round(result.size_mb, 1)
 
 
-def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str, ...] = (
-        "eager", "eager-bf16", "torchscript", "onnx"), predict_threshold: float | None = 0.5) -> list[BenchmarkRow]:
+def default_paths() -> tuple[str, ...]:
+    """The eager model in float32 and in bf16, then every registered runtime that exports (plug-ins included)."""
+    return ("eager", "eager-bf16", *export_formats())
+
+
+def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str, ...] | None = None,
+                  predict_threshold: float | None = 0.5) -> list[BenchmarkRow]:
     """Benchmark the run's best checkpoint on its test split (``images`` of them timed); writes benchmark.json.
 
-    ``predict_threshold``: also time each path at prediction settings, keeping scores >= it (None: skip).
+    ``paths``: ``eager``, ``eager-bf16`` and export formats (default: :func:`default_paths`). The checkpoint
+    is read once; each format exports a copy of its model. ``predict_threshold``: also time each path at
+    prediction settings, keeping scores >= it (None: skip).
     """
     configure_threads(check_busy=True)  # timings beside other work are not comparable: say so
-    ckpt = load_checkpoint(run)
-    model, cfg = model_from_checkpoint(ckpt)
-    classes = list(ckpt["classes"])
-    dataset = build_dataset(checkpoint_data(ckpt, None, "test"), files=ckpt.get("split", {}).get("test"), train=False)
+    loaded = open_model(run)
+    model, classes = loaded.model, loaded.classes
+    data_cfg, files = loaded.split_data("test")
+    dataset = build_dataset(data_cfg, files=files, train=False)
     gt = dataset_ground_truth(dataset, classes)
     sample = [dataset[i][0] for i in range(min(len(dataset), images + WARMUP))]
     device = torch.device("cpu")
+    weights = Path(loaded.path)
     rows: list[BenchmarkRow] = []
-    for name in paths:
+    for name in paths or default_paths():
         size = None
         if name == "eager":
             runner, status = model, "ok"
@@ -120,12 +128,12 @@ def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str,
             runner, status = _Bf16(model), "ok"
         else:
             try:
-                runner, status, size = _exported(Path(run), name, default_output(Path(run), name), None)
+                runner, status, size = _exported(loaded, name, default_output(weights, name), None)
             except SegtuneError as e:
                 rows.append(BenchmarkRow(name, f"failed: {e}"))
                 continue
         logger.info("benchmark: %s", name)
-        report = evaluate_model(runner, dataset, classes, device=device, gt=gt, mask_threshold=cfg.eval.mask_threshold)
+        report = evaluate_model(runner, dataset, classes, device=device, gt=gt, mask_threshold=loaded.mask_threshold)
         row = BenchmarkRow(name, status, size, report.metrics.get("bbox", {}).get("AP"),
                            report.metrics.get("segm", {}).get("AP"), *_time(runner, sample))
         if predict_threshold is not None:
@@ -134,7 +142,7 @@ def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str,
             else:  # the threshold is inside an exported file: export again, into a folder of its own
                 with tempfile.TemporaryDirectory(prefix="segtune-benchmark-") as tmp:
                     try:
-                        fast, _, _ = _exported(Path(run), name, Path(tmp) / default_output(Path(run), name).name,
+                        fast, _, _ = _exported(loaded, name, Path(tmp) / default_output(weights, name).name,
                                                predict_threshold)
                         row.predict_ms_per_image, row.predict_images_per_s = _time(fast, sample)
                     except SegtuneError as e:

@@ -243,7 +243,7 @@ def _family_from_config(family: str) -> Callable[[Any], dict[str, Any]]:
 for _name, _task in _FAMILIES.items():
     register(ModelSpec(
         name=_name, task=_task, build=_family_builder(_name), from_config=_family_from_config(_name),
-        weights_name=None,
+        weights_name=None, fits_anchors=True,
         description=f"{_TITLES[_name]} on --backbone NAME, with or without FPN (backbone weights only)",
     ))
 

@@ -1,8 +1,9 @@
-"""Owns the score below which a torchvision detector drops detections itself (``roi_heads.score_thresh``).
+"""Owns the score below which a model drops detections itself, set for one call and put back after.
 
-Dropping them inside the model, before its mask or keypoint head runs and before masks are pasted to
-image size, gives the same answer as filtering afterwards (class-wise NMS lets a box suppress only
-lower-scoring ones) and saves most of a prediction's time at a high threshold.
+Dropping them inside the model (a family that declares such a threshold, :meth:`ModelFamily.min_score`:
+torchvision's R-CNNs, before their mask or keypoint head runs and before masks are pasted to image size)
+gives the same answer as filtering afterwards (class-wise NMS lets a box suppress only lower-scoring
+ones) and saves most of a prediction's time at a high threshold.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from segtune.models.family import family_of, unwrap
+
 
 def inner_threshold(threshold: float) -> float:
     """The ``score_thresh`` that keeps scores ``>= threshold``: torchvision keeps scores ``> score_thresh``,
@@ -21,19 +24,29 @@ def inner_threshold(threshold: float) -> float:
 
 
 def has_min_score(model: Any) -> bool:
-    return isinstance(getattr(getattr(model, "roi_heads", None), "score_thresh", None), float)
+    """Whether ``model``'s family declares a score threshold inside it that can be set."""
+    return family_of(model).min_score(unwrap(model)) is not None
+
+
+def set_min_score(model: Any, threshold: float) -> None:
+    """Make ``model`` keep only detections scoring ``>= threshold`` itself (its family must declare one)."""
+    model = unwrap(model)
+    family_of(model).set_min_score(model, inner_threshold(threshold))
 
 
 @contextlib.contextmanager
 def min_score_inside(model: Any, threshold: float) -> Iterator[None]:
     """While inside, ``model`` drops detections scoring below ``threshold`` itself. A threshold at or below the
-    model's own, or a model without ``roi_heads.score_thresh`` (an exported file), is left as it is."""
-    if not has_min_score(model) or threshold <= model.roi_heads.score_thresh:
+    model's own, or a model whose family declares none (an exported file), is left as it is."""
+    model = unwrap(model)
+    family = family_of(model)
+    old = family.min_score(model)
+    if old is None or threshold <= old:
         yield
         return
-    old = model.roi_heads.score_thresh
-    model.roi_heads.score_thresh = inner_threshold(threshold)
+    family.set_min_score(model, inner_threshold(threshold))
     try:
         yield
     finally:
-        model.roi_heads.score_thresh = old
+        family.set_min_score(model, old)
+

@@ -30,6 +30,8 @@ class ModelSpec:
         weights_name: the torchvision model name whose weights enum describes the whole-model weights
             (``torchvision.models.get_model_weights``), or None for a composed model without any.
         description: one line for ``segtune models``.
+        fits_anchors: its anchors are settings (``model.anchor_sizes``, ``model.aspect_ratios``) that
+            ``model.adapt_to_data`` may fit to the data's boxes (the custom-backbone families with an FPN).
     """
 
     name: str
@@ -38,6 +40,7 @@ class ModelSpec:
     from_config: Callable[[Any], dict[str, Any]]
     weights_name: str | None
     description: str = ""
+    fits_anchors: bool = False
 
     @property
     def has_masks(self) -> bool:
