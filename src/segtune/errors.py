@@ -55,6 +55,12 @@ class TrainingInterrupted(SegtuneError):
     exit_code = 130
 
 
+class ExportError(SegtuneError):
+    """A model cannot be written in the format asked for (an exporter fails on it)."""
+
+    exit_code = 1
+
+
 class EvaluationError(SegtuneError):
     """Detections cannot be scored against the ground truth (ids that are not in it)."""
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from segtune.config import build_config, preset_layer
-from segtune.engine.amp import keep_boxes_float32, resolve_amp, setup_amp
+from segtune.engine.amp import resolve_amp, setup_amp
+from segtune.models.torchvision_families import keep_boxes_float32
 from segtune.models import build_from_config
 
 

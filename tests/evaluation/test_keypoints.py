@@ -17,7 +17,7 @@ from torch import nn
 from segtune.config import DataConfig
 from segtune.data import build_dataset
 from segtune.evaluation import (KEYPOINT_STAT_NAMES, dataset_ground_truth, detections, evaluate_model, ground_truth,
-                                score)
+                                primary_metric, score)
 from segtune.evaluation.coco_eval import UNIFORM_KEYPOINT_SIGMA
 from tests.evaluation.keypoint_data import KEYPOINT_NAMES, SKELETON, make_coco_keypoints
 
@@ -177,7 +177,7 @@ def test_evaluate_model_scores_keypoints(keypoint_dataset):
     report = evaluate_model(KeypointOracle(keypoint_dataset), keypoint_dataset, ["person"], device=CPU)
     assert set(report.metrics) == {"bbox", "keypoints"}  # no masks predicted: no segm
     assert report.metrics["keypoints"]["AP"] == pytest.approx(1.0)
-    assert report.primary() == report.metrics["keypoints"]["AP"]
+    assert primary_metric(report.metrics) == report.metrics["keypoints"]["AP"]
     # COCO's 12 bbox lines, then its 10 keypoint lines, each headed by the IoU metric line.
     assert report.summary[0] == "IoU metric: bbox" and report.summary[13] == "IoU metric: keypoints"
     assert len(report.summary) == 24
@@ -188,7 +188,7 @@ def test_evaluate_model_scores_keypoints(keypoint_dataset):
 def test_box_only_model_on_keypoint_data_scores_bbox_only(keypoint_dataset):
     report = evaluate_model(KeypointOracle(keypoint_dataset, keypoints=False), keypoint_dataset, ["person"], device=CPU)
     assert set(report.metrics) == {"bbox"}
-    assert report.primary() == report.metrics["bbox"]["AP"] == pytest.approx(1.0)
+    assert primary_metric(report.metrics) == report.metrics["bbox"]["AP"] == pytest.approx(1.0)
 
 
 def test_keypoints_without_ground_truth_keypoints_are_not_scored(keypoint_dataset, caplog):

@@ -321,19 +321,6 @@ class DetectionDataset(torch.utils.data.Dataset):
             target["masks"] = tv_tensors.Mask(target["masks"])
         return image, target
 
-    def verify(self, progress: Callable[[int, int], None] | None = None) -> int:
-        """Decode every image and its annotations once, so bad files fail before training starts.
-
-        Returns the number of instances. Raises :class:`DatasetError` naming the first bad file.
-        """
-        total = 0
-        for i in range(len(self)):
-            _, target = self.load(i)
-            total += len(target["boxes"])
-            if progress is not None:
-                progress(i + 1, len(self))
-        return total
-
 
 def clamp_boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """XYXY ``boxes`` clipped to a ``width`` x ``height`` image (a copy)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segtune.errors import CheckpointError
+from segtune.errors import CheckpointError, ExportError
 from segtune.runtimes.base import ExportRequest, InferenceOnly, Runtime, register_runtime
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class OnnxRuntime(Runtime):
                 logger.debug("dynamo exporter said: %s", chatter.getvalue())
                 reason = _root_cause(e)
                 if request.exporter == "dynamo":
-                    raise CheckpointError(f"the dynamo ONNX exporter fails on this model: {reason}") from None
+                    raise ExportError(f"the dynamo ONNX exporter fails on this model: {reason}") from None
                 notes.append(f"dynamo exporter failed ({reason}); used the TorchScript-based one")
                 logger.info("export: %s", notes[-1])
         axes = {"image": {1: "height", 2: "width"}, **{name: {0: "detections"} for name in outputs}}
@@ -103,7 +103,7 @@ class OnnxRuntime(Runtime):
                                   input_names=["image"], output_names=outputs, dynamic_axes=axes,
                                   do_constant_folding=True)
         except torch.onnx.errors.UnsupportedOperatorError as e:
-            raise CheckpointError(f"{type(model).__name__} does not export to ONNX: {e}") from None
+            raise ExportError(f"{type(model).__name__} does not export to ONNX: {e}") from None
         return "torchscript-onnx"
 
     def load(self, path: Path, meta: dict[str, Any], *, device: torch.device) -> Any:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from segtune.errors import CheckpointError
+from segtune.errors import CheckpointError, ExportError
 from segtune.runtimes.base import ExportRequest, InferenceOnly, Runtime, register_runtime
 
 
@@ -42,7 +42,7 @@ class TorchScriptRuntime(Runtime):
             scripted = torch.jit.script(model)
         except Exception as e:  # noqa: BLE001  (the scripting compiler raises many types)
             first = str(e).strip().splitlines()
-            raise CheckpointError(f"this model does not export as TorchScript: {first[0][:300] if first else e}") from None
+            raise ExportError(f"this model does not export as TorchScript: {first[0][:300] if first else e}") from None
         scripted.save(str(path))
         return "jit.script"
 
