@@ -16,8 +16,8 @@ def _modules_after(statement: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("package", ["segtune.data", "segtune.models", "segtune.evaluation", "segtune.checkpoint",
-                                     "segtune.report"])
+@pytest.mark.parametrize("package", ["segtune.data", "segtune.models", "segtune.runtimes", "segtune.evaluation",
+                                     "segtune.checkpoint", "segtune.report"])
 def test_lower_layers_import_no_engine_module(package: str) -> None:
     loaded = _modules_after(f"import {package}")
     assert package in loaded
@@ -29,6 +29,12 @@ def test_lower_layers_import_no_engine_module(package: str) -> None:
 def test_data_and_models_do_not_import_each_other() -> None:
     assert not [m for m in _modules_after("import segtune.data") if m.startswith("segtune.models")]
     assert not [m for m in _modules_after("import segtune.models") if m.startswith("segtune.data")]
+
+
+def test_runtimes_sit_between_models_and_what_runs_them() -> None:
+    assert not [m for m in _modules_after("import segtune.models") if m.startswith("segtune.runtimes")]
+    loaded = _modules_after("import segtune.runtimes")
+    assert not [m for m in loaded if m.startswith(("segtune.data", "segtune.evaluation", "segtune.export"))], loaded
 
 
 def test_the_top_level_api_loads_on_first_use() -> None:

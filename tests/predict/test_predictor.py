@@ -52,9 +52,11 @@ def test_amp_bf16_answers_in_float32_close_to_float32() -> None:
     bf16 = bf16_predictor(image)
     assert len(fp32) > 0 and len(bf16) > 0
     assert bf16.scores.dtype == bf16.boxes.dtype == torch.float32
-    # The same best detection, to bf16's precision (8 significant bits).
+    # The same best detection, to bf16's precision (8 significant bits) carried through a random-weight
+    # network: a few hundredths on the score, the exact figure depending on the CPU's bf16 kernels (native
+    # or emulated: 0.027 on an AMD EPYC without AVX-512 BF16, 2026-12-07).
     a, b = fp32.scores.argmax(), bf16.scores.argmax()
-    assert abs(float(fp32.scores[a]) - float(bf16.scores[b])) < 0.02
+    assert abs(float(fp32.scores[a]) - float(bf16.scores[b])) < 0.05
     torch.testing.assert_close(bf16.boxes[b], fp32.boxes[a], atol=2.0, rtol=0.0)
     assert Predictor(copy.deepcopy(model), ["a", "b"], amp="none").autocast_dtype is None
 

@@ -14,17 +14,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from segtune.checkpoint import load_checkpoint
 from segtune.data.images import IMAGE_EXTENSIONS, load_rgb
 from segtune.errors import DatasetError
 from segtune.evaluation.coco_eval import detections
-from segtune.models import model_from_checkpoint
-from segtune.models.exported import exported_format, load_exported
 from segtune.models.min_score import min_score_inside
-from segtune.models.precision import autocast, float_outputs, inference_precision, refuse_amp_for_exported
+from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.predict.video import VIDEO_EXTENSIONS
 from segtune.predict.visualise import draw
 from segtune.runtime import resolve_device
+from segtune.runtimes import LoadedModel, open_model
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
 
@@ -119,21 +117,21 @@ class Predictor:
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5,
                         amp: str = "none") -> Predictor:
         """Load a segtune checkpoint (a ``.pt`` file or a run folder), or a file written by ``segtune export``
-        (``.onnx``: run by ONNX Runtime; ``.torchscript``). ``amp`` (none | bf16 | auto) is for a
-        checkpoint's eager model; an exported file runs in the number format it was exported in.
-        Raises ``CheckpointError``, or ``ConfigError`` for ``amp`` with an exported file."""
-        if exported_format(path):
-            refuse_amp_for_exported(path, amp)
-            dev = resolve_device(device)
-            model, meta = load_exported(path, device=dev)
-            return cls(model, meta["classes"], device=dev, score_threshold=score_threshold,
-                       mask_threshold=float(meta["mask_threshold"]), category_ids=meta.get("category_ids"),
-                       keypoint_names=meta.get("keypoint_names"), skeleton=meta.get("skeleton"))
-        ckpt = load_checkpoint(path)
-        model, cfg = model_from_checkpoint(ckpt)
-        return cls(model, ckpt["classes"], device=resolve_device(device), score_threshold=score_threshold,
-                   mask_threshold=cfg.eval.mask_threshold, category_ids=ckpt.get("category_ids"),
-                   keypoint_names=ckpt.get("keypoint_names"), skeleton=ckpt.get("skeleton"), amp=amp)
+        (``.onnx``: run by ONNX Runtime; ``.torchscript``; any registered runtime's suffix). ``amp``
+        (none | bf16 | auto) is for a checkpoint's eager model; an exported file runs in the number format
+        it was exported in. Raises ``CheckpointError``, or ``ConfigError`` for ``amp`` with an exported file."""
+        dev = resolve_device(device)
+        return cls.from_loaded(open_model(path, device=dev, amp=amp), device=dev, score_threshold=score_threshold,
+                               amp=amp)
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, *, device: torch.device | str = "cpu", score_threshold: float = 0.5,
+                    amp: str = "none") -> Predictor:
+        """A predictor of a model opened by :func:`segtune.runtimes.open_model`."""
+        return cls(loaded.model, loaded.classes, device=device, score_threshold=score_threshold,
+                   mask_threshold=loaded.mask_threshold, category_ids=loaded.category_ids,
+                   keypoint_names=loaded.keypoint_names, skeleton=loaded.skeleton,
+                   amp="none" if loaded.exported else amp)
 
     def name(self, label: int) -> str:
         return self.classes[label - 1] if 1 <= label <= len(self.classes) else f"class{label}"
