@@ -206,7 +206,9 @@ def build_from_config(
         load_weights: False: load nothing (a segtune checkpoint goes on top).
     """
     spec = _spec(model_cfg.name)
-    # --weights and --weights-backbone are parsed here, once; everything below gets typed values.
+    # --weights and --weights-backbone are parsed here, once; everything below gets typed values (the
+    # Weights.parse calls in build_detector and coco_categories pass a Weights through as it is, and parse
+    # text only for Python callers that give build_detector a string).
     weights = Weights.parse(model_cfg.weights)
     weights_backbone = Weights.parse(model_cfg.weights_backbone, "--weights-backbone")
     head_rows = None

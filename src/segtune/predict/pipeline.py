@@ -145,7 +145,14 @@ class Stage(_Unit):
 
 
 class Sink(_Unit):
-    """An output: writes what it wants of each item it takes, and says at the end what it wrote."""
+    """An output: writes what it wants of each item it takes, and says at the end what it wrote (the files it
+    adds to ``written``, which :meth:`start` empties)."""
+
+    written: list[Path]
+
+    def start(self, context: RunContext) -> None:
+        super().start(context)
+        self.written = []
 
     def write(self, item: Item) -> None:
         """Write (or collect) ``item``, whose ``prediction`` is set."""
@@ -153,7 +160,7 @@ class Sink(_Unit):
 
     def finish(self) -> list[Path]:
         """Called once after the last stream (not when the run stops early); returns the files written."""
-        return []
+        return self.written
 
 
 def build_units(units: Iterable[Any], registry: Registry) -> list[Any]:

@@ -90,7 +90,6 @@ class CocoResults(Sink):
         self.results = [r for r in previous if isinstance(r, dict) and isinstance(r.get("image_id"), int)
                         and r["image_id"] in resumed and r.get("file_name") == resumed[r["image_id"]]]
         self.frames: list[dict[str, Any]] = []
-        self.written: list[Path] = []
         self._since_save = 0
 
     def open(self, stream: Stream) -> None:
@@ -127,10 +126,6 @@ class Pictures(Sink):
     name = "pictures"
     takes = frozenset({IMAGE})
 
-    def start(self, context: RunContext) -> None:
-        super().start(context)
-        self.written: list[Path] = []
-
     def write(self, item: Item) -> None:
         path = picture_path(self.context.out_dir, item.name)
         save_png(item.prediction.draw(), path)
@@ -160,15 +155,11 @@ class InstanceMasks(Sink):
     def start(self, context: RunContext) -> None:
         super().start(context)
         self.folder = make_folder(context.out_dir / "masks", what="masks folder")
-        self.written: list[Path] = []
 
     def write(self, item: Item) -> None:
         png = instance_png(item.prediction.masks, *item.image.shape[1:])
         path = atomic_write(self.folder / f"{item.name}.png", lambda f: png.save(f, format="PNG"), binary=True)
         self.written.append(path)
-
-    def finish(self) -> list[Path]:
-        return self.written
 
 
 def mask_polygon(mask: np.ndarray) -> list[tuple[float, float]]:
@@ -210,17 +201,10 @@ class YoloLabels(Sink):
     name = "labels"
     takes = frozenset({IMAGE})
 
-    def start(self, context: RunContext) -> None:
-        super().start(context)
-        self.written: list[Path] = []
-
     def write(self, item: Item) -> None:
         lines = yolo_lines(item.prediction, *item.image.shape[1:])
         path = self.context.out_dir / "labels" / f"{item.name}.txt"
         self.written.append(write_text(path, "".join(f"{line}\n" for line in lines)))
-
-    def finish(self) -> list[Path]:
-        return self.written
 
 
 @SINKS.register("crops")
@@ -229,10 +213,6 @@ class Crops(Sink):
 
     name = "crops"
     takes = frozenset({IMAGE})
-
-    def start(self, context: RunContext) -> None:
-        super().start(context)
-        self.written: list[Path] = []
 
     def write(self, item: Item) -> None:
         image, pred = item.image, item.prediction
@@ -246,5 +226,3 @@ class Crops(Sink):
             atomic_write(target, lambda f, im=crop: im.save(f, format="JPEG", quality=90), binary=True)
             self.written.append(target)
 
-    def finish(self) -> list[Path]:
-        return self.written

@@ -112,10 +112,6 @@ class AnnotatedVideo(Sink):
     name = "video"
     takes = frozenset({FRAME})
 
-    def start(self, context: RunContext) -> None:
-        super().start(context)
-        self.written: list[Path] = []
-
     def open(self, stream: Stream) -> None:
         import av
 
@@ -161,9 +157,6 @@ class AnnotatedVideo(Sink):
                 self.written.append(self._target)
             else:
                 self._tmp.unlink(missing_ok=True)
-
-    def finish(self) -> list[Path]:
-        return self.written
 
 
 def run_video(pipeline: Pipeline, path: str | os.PathLike, out_dir: Path, *, vid_stride: int = 1) -> VideoSummary:
