@@ -59,7 +59,7 @@ def train_one(way: str, args: argparse.Namespace, extra: dict[str, Any]) -> tupl
            "segm_AP": round(float(metrics["segm"]["AP"]), 4) if "segm" in metrics else None,
            "train_images": len(trainer.split["train"]), "test_images": len(trainer.split["test"]),
            "run_dir": str(result.run_dir)}
-    return row, trainer.report
+    return row, trainer.data.report
 
 
 def main() -> None:

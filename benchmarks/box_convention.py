@@ -22,7 +22,7 @@ from segtune.checkpoint import checkpoint_data, load_checkpoint
 from segtune.data import build_dataset
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.models import model_from_checkpoint
-from segtune.runtime import resolve_device
+from segtune.machine import resolve_device
 
 
 def last_pixel_boxes(gt: dict[str, Any]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def machine(threads: int | None = None) -> str:
     that did the work, such as the peer's) and the torch / torchvision versions."""
     import torchvision
 
-    from segtune.runtime import cpu_name
+    from segtune.machine import cpu_name
 
     cpu = cpu_name()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""

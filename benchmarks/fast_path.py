@@ -41,7 +41,7 @@ from segtune.engine import configure
 from segtune.engine.hooks import Hook
 from segtune.engine.trainer import Trainer
 from segtune.recipes import preset_layer
-from segtune.runtime import cpu_has_native_bf16
+from segtune.machine import cpu_has_native_bf16
 
 WAYS: dict[str, dict[str, Any]] = {
     "fp32": {"train.amp": "none", "train.memory_format": "contiguous", "train.seed": 0},

@@ -43,13 +43,14 @@ from segtune.data import make_split, open_dataset
 from segtune.engine import configure
 from segtune.export.benchmark import benchmark_run, markdown
 from segtune.models import build_from_config
+from segtune.run_files import best_checkpoint
 
 RANDOM_TUTORIAL = Path("runs/benchmarks/inference/tutorial-random")
 
 
 def random_tutorial(data: str) -> Path:
     """A checkpoint of the tutorial model with random weights, on Penn-Fudan's tutorial split (120 / 50)."""
-    path = RANDOM_TUTORIAL / "weights" / "best.pt"
+    path = best_checkpoint(RANDOM_TUTORIAL)
     if path.is_file():
         return RANDOM_TUTORIAL
     cfg = configure(("benchmark", {"data.path": data, "data.test_size": 50, "model.weights": "none",

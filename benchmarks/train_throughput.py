@@ -48,6 +48,7 @@ from common import DATA, write_result
 from segtune.config import DataConfig, build_config
 from segtune.data import build_dataset, collate
 from segtune.engine.hooks import HookList
+from segtune.engine.parts import build_parts
 from segtune.engine.trainer import Trainer
 from segtune.models import build_from_config
 from segtune.recipes import preset_layer
@@ -125,8 +126,8 @@ class SegtuneLoop:
             **overrides}))
         self.cfg = cfg
         self.losses: list[float] = []
-        self.trainer = Trainer(cfg)
-        self.trainer._setup()  # the data doctor, split, model (seeded), optimiser, schedule: as `segtune train`
+        # The data doctor, split, model (seeded), optimiser, schedule: built as `segtune train` builds them.
+        self.trainer = Trainer.from_parts(build_parts(cfg))
         self.trainer.hooks = HookList([])
         self.trainer.iters = 1
 

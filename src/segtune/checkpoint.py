@@ -2,12 +2,15 @@
 
 Layout (``format_version`` 1): ``format_version``, ``segtune_version``, ``model`` (state dict),
 ``epoch`` (the epoch to go on with), ``step`` (optimiser steps done), ``classes`` (names, background
-excluded), ``category_ids`` (the data set's own class ids), ``config`` (the config as resolved
-before the run, as a plain dict; never changed by the run), ``run`` (the :class:`RunState`: what the
-run learned), ``split`` (train and test file names), ``metrics`` (the last evaluation); keypoint models
-add ``num_keypoints``, ``keypoint_names``, ``skeleton``. ``last.pt`` also holds what resuming needs:
-``optimizer``, ``scheduler``, ``scaler``, ``ema``, ``iteration`` (batches done in ``epoch``), ``rng``
-(every RNG state, as tensors) and ``history``. Loading uses ``torch.load(weights_only=True)``.
+excluded), ``category_ids`` (the data set's own class ids), ``config`` (the run's config as a plain
+dict: as resolved, plus the settings ``model.adapt_to_data`` fitted to the data before the first step;
+the run changes it no further), ``run`` (the :class:`RunState`: what the run learned),
+``split`` (train and test file names), ``metrics`` (the last evaluation); keypoint models add
+``num_keypoints``, ``keypoint_names``, ``skeleton``. ``last.pt`` also holds what resuming needs:
+``optimizer``, ``scheduler``, ``scaler``, ``iteration`` (batches done in ``epoch``), ``rng`` (every RNG
+state, as tensors), ``train_time_s``, ``history`` and ``hooks`` (the named hooks' states: the EMA's
+average; older files hold it as ``ema`` at the top). The training loop writes and restores these
+keys through :class:`segtune.engine.state.TrainingState`. Loading uses ``torch.load(weights_only=True)``.
 
 Checkpoints written before the run-state record have no ``run``: their config holds the resolved data
 path and class names, and ``last.pt`` the fitted ``epochs`` and ``max_steps`` at the top level;
@@ -28,6 +31,7 @@ from segtune.version import __version__
 from segtune.config import Config, DataConfig, build_config, flatten, resolve_data_path
 from segtune.errors import CheckpointError, ConfigError
 from segtune.fileio import atomic_write
+from segtune.run_files import BEST_CHECKPOINT, WEIGHTS_DIR, best_checkpoint
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "model", "classes", "config")
@@ -35,7 +39,7 @@ REQUIRED_KEYS = ("format_version", "model", "classes", "config")
 
 @dataclass
 class RunState:
-    """What a run learns while it runs, kept apart from its :class:`~segtune.config.Config` (which it never changes).
+    """What a run learns while it runs, kept apart from its :class:`~segtune.config.Config` (fixed before step 1).
 
     Saved as ``run.json`` in the run folder and under ``run`` in every checkpoint.
 
@@ -98,9 +102,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path)
     if path.is_dir():
-        candidate = path / "weights" / "best.pt"
+        candidate = best_checkpoint(path)
         if not candidate.is_file():
-            raise CheckpointError(f"{path}: a folder, and it holds no weights/best.pt")
+            raise CheckpointError(f"{path}: a folder, and it holds no {WEIGHTS_DIR}/{BEST_CHECKPOINT}")
         path = candidate
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")

@@ -217,3 +217,17 @@ def test_built_in_hooks_are_registered_and_built_from_the_registry_as_the_config
     assert [h.name for h in hooks] == ["time_budget", "evaluation", "metrics_files", "checkpoints", "results_plot",
                                        "early_stopping"]
     assert hooks[-1].patience == 2 and hooks[0].budget.limit_s == 300.0
+
+
+def test_the_engine_reads_only_what_trainer_view_lists_of_the_trainer() -> None:
+    """The hooks' surface is the documented one: every ``trainer.<name>`` in the engine is in TrainerView."""
+    import re
+
+    import segtune.engine
+    from segtune.engine.hooks import TrainerView
+
+    allowed = set(TrainerView.__annotations__) | {"max_steps", "end_training"}
+    engine = Path(segtune.engine.__file__).parent
+    read = {name for path in engine.glob("*.py") if path.name != "trainer.py"
+            for name in re.findall(r"\btrainer\.([a-z_]+)", path.read_text(encoding="utf-8"))}
+    assert read and read <= allowed, sorted(read - allowed)

@@ -12,7 +12,6 @@ from torch import nn
 
 from segtune.data.samplers import RepeatSampler
 from segtune.engine import configure
-from segtune.engine import trainer as trainer_module
 from segtune.engine import budget as budget_module
 from segtune.engine.budget import Stopwatch
 from segtune.engine.trainer import Trainer
@@ -37,17 +36,16 @@ class SleepyDetector(nn.Module):
 
 
 @pytest.fixture
-def budget_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def budget_run(tmp_path: Path):
     data = make_mask_folder(tmp_path / "data", n=6)
 
     def run(model: nn.Module, hooks=(), **extra) -> Trainer:
-        monkeypatch.setattr(trainer_module, "build_from_config", lambda *a, **k: model)
         cfg = configure(("test", {"data.path": str(data), "train.out": str(tmp_path / "run"), "train.epochs": 50,
                                   "train.batch_size": 1, "data.test_size": 2, "train.lr": 0.1,
                                   "train.warmup_iters": 0, "train.tensorboard": False, "train.print_freq": 100,
                                   "model.weights": "none", "model.weights_backbone": "none", "train.augment": [],
                                   **extra}))
-        trainer = Trainer(cfg, hooks)
+        trainer = Trainer(cfg, hooks, model=model)
         trainer.fit()
         return trainer
 

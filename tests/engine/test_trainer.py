@@ -1,4 +1,5 @@
-"""The loop itself, on a stub detector: non-finite losses stop it with the terms named; clipping."""
+"""The loop itself, on a stub detector handed to ``train``: non-finite losses stop it with the terms named;
+clipping; a stop inside an epoch; the best epoch."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from segtune.engine import configure, train
-from segtune.engine import trainer as trainer_module
+from segtune.engine.checkpoints import best_index
 from segtune.engine.hooks import CallbackHook
 from segtune.errors import TrainingError
 from tests.conftest import make_mask_folder
@@ -33,18 +34,17 @@ class StubDetector(nn.Module):
 
 
 @pytest.fixture
-def stub_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def stub_run(tmp_path: Path):
     """Train ``model`` with the real trainer on a tiny mask folder: SGD lr 0.1, no momentum, no warm-up."""
     data = make_mask_folder(tmp_path / "data", n=6)
 
     def run(model: nn.Module, hooks=(), **extra):
-        monkeypatch.setattr(trainer_module, "build_from_config", lambda *a, **k: model)
         cfg = configure(("test", {"data.path": str(data), "train.out": str(tmp_path / "run"), "train.epochs": 1,
                                   "train.batch_size": 1, "data.test_size": 2, "train.lr": 0.1, "train.momentum": 0.0,
                                   "train.weight_decay": 0.0, "train.warmup_iters": 0, "train.tensorboard": False,
                                   "train.print_freq": 1, "model.weights": "none", "model.weights_backbone": "none",
                                   "train.augment": [], **extra}))
-        return train(cfg, hooks=hooks)
+        return train(cfg, hooks=hooks, model=model)
 
     return run
 
@@ -81,16 +81,10 @@ def test_a_hook_stop_mid_epoch_keeps_the_exact_position(stub_run, tmp_path: Path
 
 
 def test_best_epoch_breaks_ties_below_1e4_by_bbox_ap() -> None:
-    from segtune.config import Config
-    from segtune.engine.trainer import Trainer
-
     def record(segm: float, bbox: float) -> dict:
         return {"metrics": {"bbox": {"AP": bbox}, "segm": {"AP": segm}}}
 
-    trainer = Trainer(Config())
-    trainer.history = [record(0.00002, 0.002), record(0.00001, 0.036)]  # both segm AP "0.0000"
-    assert trainer._best_index() == 1
-    trainer.history = [record(0.30, 0.40), record(0.25, 0.50)]
-    assert trainer._best_index() == 0
-    trainer.history = [record(0.1, 0.2), record(0.1, 0.2)]
-    assert trainer._best_index() == 1  # a full tie: the later epoch
+    assert best_index([record(0.00002, 0.002), record(0.00001, 0.036)]) == 1  # both segm AP "0.0000"
+    assert best_index([record(0.30, 0.40), record(0.25, 0.50)]) == 0
+    assert best_index([record(0.1, 0.2), record(0.1, 0.2)]) == 1  # a full tie: the later epoch
+    assert best_index([record(0.30, 0.40), record(0.25, 0.50)], "bbox/AP") == 1

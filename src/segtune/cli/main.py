@@ -21,7 +21,7 @@ from segtune.cli import predict as predict_cmd
 from segtune.cli import report as report_cmd
 from segtune.cli import train as train_cmd
 from segtune.errors import SegtuneError
-from segtune.runtime import is_terminal
+from segtune.machine import is_terminal
 from segtune.threads import configure_threads
 
 COMMANDS = (train_cmd, evaluate_cmd, predict_cmd, export_cmd, benchmark_cmd, report_cmd, data_cmd, models_cmd)

@@ -9,8 +9,8 @@ from segtune.cli.options import add_section_flags, section_flags
 from segtune.config import SECTIONS, parse_value
 from segtune.configs import named_configs
 from segtune.engine import configure, train
-from segtune.engine.run import CONFIG_FILE
 from segtune.errors import ConfigError
+from segtune.run_files import CONFIG_FILE, LOG_FILE, METRICS_CSV, best_checkpoint
 
 
 def add_parser(sub: Any) -> None:
@@ -54,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     result = train(cfg)
     best = result.best_metrics
     segm = f", segm AP {best['segm']['AP']:.3f}" if "segm" in best else ""
-    weights = result.run_dir / "weights" / "best.pt"
+    weights = best_checkpoint(result.run_dir)
     print(f"\nDone: best epoch {result.best_epoch}: bbox AP {best['bbox']['AP']:.3f}{segm}")
-    print(f"Run folder: {result.run_dir}  (config {result.run_dir / CONFIG_FILE}, metrics.csv, train.log)")
+    print(f"Run folder: {result.run_dir}  (config {result.run_dir / CONFIG_FILE}, {METRICS_CSV}, {LOG_FILE})")
     print(f"Weights:    {weights}")
     print(f"Next:       segtune evaluate {weights}\n            segtune predict {weights} IMAGES... --out preds/")
     return 0

@@ -102,7 +102,7 @@ def build_loader(dataset: torch.utils.data.Dataset, *, batch_size: int, train: b
         repeat: training: passes over ``dataset`` per epoch (each in a new order).
         collate_fn: how a batch is put together, e.g. :func:`segtune.data.collate.build_collate`'s
             copy-paste; None = :func:`segtune.data.collate.collate`.
-        worker_init_fn: seeds each worker process (see :func:`segtune.runtime.seed_worker`).
+        worker_init_fn: seeds each worker process (see :func:`segtune.machine.seed_worker`).
     """
     collate_fn = collate if collate_fn is None else collate_fn
     if train:

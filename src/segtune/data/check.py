@@ -27,7 +27,7 @@ from segtune.data.build import open_dataset
 from segtune.data.check_cache import fingerprint, load_report, save_report
 from segtune.data.shapes import SAMPLE, SAMPLE_PER_CHUNK, box_rows, describe, even_sample
 from segtune.errors import DatasetError
-from segtune.runtime import track
+from segtune.machine import track
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import BatchSampler, Sampler, SequentialSampler, Subset
 
-from segtune.runtime import track
+from segtune.machine import track
 
 logger = logging.getLogger(__name__)
 

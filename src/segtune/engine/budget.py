@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from segtune.engine import distributed as dist
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 
 logger = logging.getLogger("segtune.train")
 
@@ -136,7 +136,7 @@ class TimeBudgetHook(Hook):
     name = "time_budget"
 
     @classmethod
-    def from_trainer(cls, trainer: Any) -> TimeBudgetHook:
+    def from_trainer(cls, trainer: TrainerView) -> TimeBudgetHook:
         share = dist.broadcast_object if trainer.dist.world_size > 1 else (lambda value: value)
         return cls(trainer.cfg.train.time_limit, fit=trainer.cfg.train.fit_to_time_limit, share=share)
 
@@ -144,13 +144,13 @@ class TimeBudgetHook(Hook):
                  share: Callable[[Any], Any] = lambda value: value) -> None:
         self.budget = TimeBudget(limit_min, fit=fit, share=share)
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: TrainerView) -> None:
         self.budget.clock = trainer.clock
         if trainer.run.max_steps is not None:  # fitted before a resume: keep that length
             self.budget.max_steps, self.budget.fit = trainer.run.max_steps, False
         trainer.time_left = self.budget.seconds_left
 
-    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+    def after_step(self, trainer: TrainerView, step: int, losses: dict[str, float]) -> None:
         fitted = self.budget.refit(step)
         if fitted is not None:
             trainer.run.epochs = fit_schedule(trainer.scheduler, *fitted, trainer.iters, trainer.accumulate,

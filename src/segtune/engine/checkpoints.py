@@ -1,21 +1,22 @@
-"""Owns what a run's checkpoints hold and when each is written, and which epoch is the best.
+"""Owns when a run's checkpoints are written, and which epoch is the best.
 
-Files in ``run_dir/weights/``: ``last.pt`` after every epoch and at an interruption (with the
-optimiser, schedule, scaler, RNG, history and hook states: everything resuming needs), ``best.pt``
-for the best epoch (see :func:`best_index`) and ``epoch-N.pt`` for the last ``train.keep_last``
-epochs, written by :class:`CheckpointHook`; ``ema.pt`` by the EMA hook. Every file is written
-atomically by :func:`segtune.checkpoint.save_checkpoint`.
+Files in ``run_dir/weights/`` (names in :mod:`segtune.run_files`): ``last.pt`` after every epoch and at
+an interruption (with the optimiser, schedule, scaler, RNG, history and hook states: everything
+resuming needs), ``best.pt`` for the best epoch (see :func:`best_index`) and ``epoch-N.pt`` for the
+last ``train.keep_last`` epochs, written by :class:`CheckpointHook`; ``ema.pt`` by the EMA hook. What
+each holds is :class:`~segtune.engine.state.TrainingState`'s; every file is written atomically by
+:func:`segtune.checkpoint.save_checkpoint`.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from segtune.checkpoint import save_checkpoint
-from segtune.engine.hooks import HOOKS, Hook, select_metric
-from segtune.engine.state import capture_rng
+from segtune.engine.hooks import HOOKS, Hook, TrainerView, select_metric
+from segtune.engine.state import TrainingState
+from segtune.run_files import best_checkpoint, epoch_checkpoints, epoch_file, last_checkpoint, weights_dir
 
 logger = logging.getLogger("segtune.train")
 
@@ -33,23 +34,6 @@ def best_index(history: list[dict[str, Any]], metric: str = "auto") -> int:
     return max(range(len(history)), key=key)
 
 
-def checkpoint_state(trainer: Any) -> dict[str, Any]:
-    """What every checkpoint holds: the model and what rebuilds and labels it."""
-    t = trainer
-    return {"model": t.model.state_dict(), "epoch": t.epoch, "step": t.step,
-            "classes": list(t.run.classes), "category_ids": list(t.run.category_ids),
-            "config": t.cfg.to_dict(), "run": t.run.to_dict(), "split": t.split, **t.keypoints}
-
-
-def training_state(trainer: Any, iteration: int) -> dict[str, Any]:
-    """:func:`checkpoint_state` plus what resuming at batch ``iteration`` of the current epoch needs,
-    the named hooks' states included (``hooks``: e.g. the EMA's average)."""
-    t = trainer
-    return {**checkpoint_state(t), "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
-            "scaler": t.scaler.state_dict(), "iteration": iteration, "rng": capture_rng(),
-            "train_time_s": t.clock.elapsed, "history": t.history, "hooks": t.hooks.state_dict()}
-
-
 @HOOKS.register("checkpoints")
 class CheckpointHook(Hook):
     """Writes the run's checkpoints (rank 0): after every epoch, and where training is interrupted."""
@@ -57,21 +41,21 @@ class CheckpointHook(Hook):
     main_process_only = True
     name = "checkpoints"
 
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def after_epoch(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         """``last.pt``, ``epoch-N.pt`` and, if the epoch is the best, ``best.pt``."""
-        t = trainer
-        weights = Path(t.run_dir) / "weights"
-        state = {**checkpoint_state(t), "metrics": record["metrics"]}
+        state = TrainingState(trainer)
+        metrics = record["metrics"]
         # last.pt also holds the optimiser, schedule and RNG states (to go on training); best.pt is for use.
-        save_checkpoint(weights / "last.pt", {**training_state(t, 0), "metrics": record["metrics"]})
-        keep = t.cfg.train.keep_last
+        save_checkpoint(last_checkpoint(trainer.run_dir), {**state.state_dict(0), "metrics": metrics})
+        for_use = {**state.checkpoint(), "metrics": metrics}
+        keep = trainer.cfg.train.keep_last
         if keep > 0:
-            save_checkpoint(weights / f"epoch-{record['epoch']}.pt", state)
-            for old in sorted(weights.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]))[:-keep]:
+            save_checkpoint(weights_dir(trainer.run_dir) / epoch_file(record["epoch"]), for_use)
+            for old in epoch_checkpoints(trainer.run_dir)[:-keep]:
                 old.unlink()
-        if best_index(t.history, t.cfg.train.early_stop_metric) == len(t.history) - 1:
-            save_checkpoint(weights / "best.pt", state)
+        if best_index(trainer.history, trainer.cfg.train.early_stop_metric) == len(trainer.history) - 1:
+            save_checkpoint(best_checkpoint(trainer.run_dir), for_use)
 
-    def on_interrupt(self, trainer: Any, epoch: int, iteration: int) -> None:
+    def on_interrupt(self, trainer: TrainerView, epoch: int, iteration: int) -> None:
         """``last.pt`` at batch ``iteration`` of the current epoch: the exact state to resume from."""
-        save_checkpoint(Path(trainer.run_dir) / "weights" / "last.pt", training_state(trainer, iteration))
+        save_checkpoint(last_checkpoint(trainer.run_dir), TrainingState(trainer).state_dict(iteration))

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 # Imported for their registration in HOOKS.
-from segtune.engine import (budget, checkpoints, ema, eval_hook, log_hooks, report_hook, run,  # noqa: F401
-                            test_set, val_loss)
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine import (budget, checkpoints, ema, eval_hook, holdout, log_hooks, report_hook,  # noqa: F401
+                            run, val_loss)
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 
 #: ``(registry name, on)``: the built-in hooks, in the order they run; ``on(cfg)`` says whether a run has it.
 DEFAULT_HOOKS: list[tuple[str, Callable[[Any], bool]]] = [
@@ -34,6 +34,6 @@ DEFAULT_HOOKS: list[tuple[str, Callable[[Any], bool]]] = [
 ]
 
 
-def build_hooks(trainer: Any) -> list[Hook]:
+def build_hooks(trainer: TrainerView) -> list[Hook]:
     """The built-in hooks ``trainer.cfg`` turns on, made from the registry in :data:`DEFAULT_HOOKS` order."""
     return [HOOKS.get(name).from_trainer(trainer) for name, on in DEFAULT_HOOKS if on(trainer.cfg)]

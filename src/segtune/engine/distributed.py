@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 
 from segtune.errors import ConfigError
-from segtune.runtime import resolve_device
+from segtune.machine import resolve_device
 
 logger = logging.getLogger("segtune.train")
 

@@ -7,7 +7,6 @@ the update is PyTorch's fused ``_foreach_lerp_``; buffers (BatchNorm statistics)
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,9 +15,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from segtune.checkpoint import save_checkpoint
 from segtune.config import TrainConfig
-from segtune.engine.checkpoints import checkpoint_state
-from segtune.engine.distributed import unwrap
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.distributed import is_main_process, unwrap
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
+from segtune.engine.state import TrainingState
+from segtune.run_files import ema_checkpoint
 
 # The defaults are the config's (train.ema_decay, train.ema_tau): one place to change them.
 _DECAY: float = TrainConfig.ema_decay
@@ -105,7 +105,7 @@ class EMAHook(Hook):
     name = "ema"
 
     @classmethod
-    def from_trainer(cls, trainer: Any) -> EMAHook:
+    def from_trainer(cls, trainer: TrainerView) -> EMAHook:
         train = trainer.cfg.train
         return cls(trainer.model, decay=train.ema_decay, tau=train.ema_tau or None)
 
@@ -118,14 +118,14 @@ class EMAHook(Hook):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.ema.load_state_dict(state)
 
-    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+    def after_step(self, trainer: TrainerView, step: int, losses: dict[str, float]) -> None:
         self.ema.update(trainer.model)
 
-    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def evaluate(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         record["ema"] = trainer.hooks.get("evaluation").score(trainer, self.ema.module).metrics
 
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        if trainer.main:  # the average is updated on every rank, written by one
-            save_checkpoint(Path(trainer.run_dir) / "weights" / "ema.pt",
-                            {**checkpoint_state(trainer), "model": self.ema.module.state_dict(),
+    def after_epoch(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
+        if is_main_process():  # the average is updated on every rank, written by one
+            save_checkpoint(ema_checkpoint(trainer.run_dir),
+                            {**TrainingState(trainer).checkpoint(), "model": self.ema.module.state_dict(),
                              "metrics": record["ema"]})

@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 from segtune.engine import distributed as dist
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 from segtune.evaluation import EvalReport, dataset_ground_truth, evaluate_model
 
 
@@ -26,10 +26,10 @@ class EvaluationHook(Hook):
 
     last: EvalReport | None = None
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: TrainerView) -> None:
         self.gt = dataset_ground_truth(trainer.test_ds, trainer.run.classes)
 
-    def score(self, trainer: Any, model: nn.Module) -> EvalReport:
+    def score(self, trainer: TrainerView, model: nn.Module) -> EvalReport:
         """COCO metrics of ``model`` on the test split, against the ground truth built once."""
         cfg = trainer.cfg
         return evaluate_model(
@@ -37,7 +37,7 @@ class EvaluationHook(Hook):
             workers=trainer.workers, mask_threshold=cfg.eval.mask_threshold, gt=self.gt,
             shard=(trainer.dist.rank, trainer.dist.world_size), gather=dist.all_gather_objects)
 
-    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def evaluate(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         start = time.perf_counter()
         report = self.score(trainer, trainer.model)
         record.update(metrics=report.metrics, per_class=report.per_class, eval_time_s=time.perf_counter() - start,

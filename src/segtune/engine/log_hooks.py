@@ -7,8 +7,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from segtune.engine.hooks import HOOKS, Hook, _number, flatten_record
+from segtune.engine.hooks import HOOKS, Hook, TrainerView, _number, flatten_record
 from segtune.fileio import atomic_write
+from segtune.run_files import RESULTS_PNG, TENSORBOARD_DIR
 
 
 @HOOKS.register("tensorboard")
@@ -25,8 +26,8 @@ class TensorBoardHook(Hook):
     name = "tensorboard"
 
     @classmethod
-    def from_trainer(cls, trainer: Any) -> TensorBoardHook:
-        return cls(Path(trainer.run_dir) / "tb")
+    def from_trainer(cls, trainer: TrainerView) -> TensorBoardHook:
+        return cls(Path(trainer.run_dir) / TENSORBOARD_DIR)
 
     def __init__(self, log_dir: str | Path) -> None:
         self.log_dir = Path(log_dir)
@@ -40,25 +41,23 @@ class TensorBoardHook(Hook):
             self.writer = SummaryWriter(log_dir=str(self.log_dir))
         return self.writer
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: TrainerView) -> None:
         self._writer()
 
-    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+    def after_step(self, trainer: TrainerView, step: int, losses: dict[str, float]) -> None:
         writer = self._writer()
         for name, value in losses.items():
             if (number := _number(value)) is not None:
                 writer.add_scalar(f"step/{name}", number, step)
-        optimizer = getattr(trainer, "optimizer", None)
-        if optimizer is not None:
-            writer.add_scalar("step/lr", optimizer.param_groups[0]["lr"], step)
+        writer.add_scalar("step/lr", trainer.optimizer.param_groups[0]["lr"], step)
 
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def after_epoch(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         writer = self._writer()
         for tag, value in flatten_record(record).items():
             writer.add_scalar(tag, value, epoch)
         writer.flush()  # one flush per epoch: the curves are up to date while training goes on
 
-    def after_train(self, trainer: Any, result: Any) -> None:
+    def after_train(self, trainer: TrainerView, result: Any) -> None:
         if self.writer is not None:
             self.writer.flush()
             self.writer.close()
@@ -161,10 +160,10 @@ class ResultsPlotHook(Hook):
     name = "results_plot"
 
     @classmethod
-    def from_trainer(cls, trainer: Any) -> ResultsPlotHook:
+    def from_trainer(cls, trainer: TrainerView) -> ResultsPlotHook:
         return cls(trainer.run_dir)
 
-    def __init__(self, run_dir: str | Path, filename: str = "results.png") -> None:
+    def __init__(self, run_dir: str | Path, filename: str = RESULTS_PNG) -> None:
         self.path = Path(run_dir) / filename
 
     def write(self, history: list[dict[str, Any]]) -> Path | None:
@@ -174,8 +173,8 @@ class ResultsPlotHook(Hook):
         fig = plot_results(history)
         return atomic_write(self.path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
 
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
-        history = list(getattr(trainer, "history", []))
+    def after_epoch(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
+        history = list(trainer.history)
         if not history or (history[-1] is not record and history[-1].get("epoch") != record.get("epoch")):
             history.append(record)  # the trainer may append the record after the hooks ran
         self.write(history)

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,8 +19,11 @@ from segtune.config import Config
 from segtune.data.decoded_cache import describe as describe_cache
 from segtune.data.split import warn_if_small
 from segtune.engine.run import SPLIT_FILE
-from segtune.runtime import format_seconds, is_terminal, peak_memory_mb
+from segtune.machine import format_seconds, is_terminal, peak_memory_mb
 from segtune.threads import describe_threads
+
+if TYPE_CHECKING:
+    from segtune.engine.hooks import TrainerView
 
 logger = logging.getLogger("segtune.train")
 
@@ -132,19 +135,19 @@ def log_setting_notes(cfg: Config, device: torch.device) -> None:
         logger.info("device: %s (%s)", device, torch.cuda.get_device_name(device))
 
 
-def log_run_start(trainer: Any, resumed: str | None) -> None:
+def log_run_start(trainer: TrainerView, resumed: str | None) -> None:
     """The lines a run starts its log with: folder, resume point, data, settings, split, schedule."""
     cfg = trainer.cfg
     logger.info("run folder: %s", trainer.run_dir)
     if resumed:
         logger.info("resuming from %s at epoch %d, iteration %d (step %d)", resumed, trainer.epoch,
                     trainer.start_iteration, trainer.step)
-    logger.info("data: %s (%s format): %d images, %d instances, classes %s", trainer.full.root, trainer.full.format,
-                trainer.report.images, trainer.report.instances, trainer.run.classes)
-    if trainer.data.val is not None:
-        val = trainer.data.val_report
-        logger.info("validation data: %s (%s format): %d images, %d instances", trainer.data.val.root,
-                    trainer.data.val.format, val.images, val.instances)
+    data = trainer.data
+    logger.info("data: %s (%s format): %d images, %d instances, classes %s", data.full.root, data.full.format,
+                data.report.images, data.report.instances, trainer.run.classes)
+    if data.val is not None:
+        logger.info("validation data: %s (%s format): %d images, %d instances", data.val.root,
+                    data.val.format, data.val_report.images, data.val_report.instances)
     log_setting_notes(cfg, trainer.device)
     logger.info(describe_cache(trainer.train_ds.decoded_cache, cfg.data.cache))
     if trainer.dist.world_size > 1:
@@ -153,6 +156,6 @@ def log_run_start(trainer: Any, resumed: str | None) -> None:
     logger.info("split: %d train / %d test images: %s; saved in %s", len(trainer.train_ds), len(trainer.test_ds),
                 source, trainer.run_dir / SPLIT_FILE)
     if not resumed:
-        warn_if_small(trainer.split, trainer.data.test_instance_counts)
+        warn_if_small(trainer.split, data.test_instance_counts)
     logger.info("schedule: %d epochs x %d iterations, batch %d%s", trainer.run.epochs, trainer.iters,
                 cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "")

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from segtune.engine.checkpoints import best_index
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 from segtune.errors import SegtuneError
 from segtune.fileio import write_json, write_text
 from segtune.report import OpenedData, read_steps, write_run_report
 from segtune.run_files import RUN_INFO, STEPS_CSV, TEST_DETECTIONS
-from segtune.runtime import cpu_name
+from segtune.machine import cpu_name
 from segtune.version import __version__
 
 logger = logging.getLogger("segtune.train")
@@ -54,17 +54,17 @@ class ReportHook(Hook):
         self.steps: list[dict[str, Any]] = []
         self.started = time.time()
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: TrainerView) -> None:
         path = Path(trainer.run_dir) / STEPS_CSV
         if path.is_file():  # a resumed run: its earlier steps, up to where it resumes
             self.steps = [s for s in read_steps(path) if s["step"] <= trainer.step]
         self._write_info(trainer, finished=None)
 
-    def after_step(self, trainer: Any, step: int, losses: dict[str, float]) -> None:
+    def after_step(self, trainer: TrainerView, step: int, losses: dict[str, float]) -> None:
         self.steps.append({"step": step, "epoch": trainer.epoch, "lr": trainer.optimizer.param_groups[0]["lr"],
                            **{k: round(float(v), 6) for k, v in losses.items()}})
 
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def after_epoch(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         run_dir = Path(trainer.run_dir)
         self._write_steps(run_dir)
         evaluation = trainer.hooks.get("evaluation")
@@ -74,7 +74,7 @@ class ReportHook(Hook):
             write_json(run_dir / TEST_DETECTIONS, {"epoch": record["epoch"], "iou_types": list(last.metrics),
                                                    "results": last.results})
 
-    def after_train(self, trainer: Any, result: Any) -> None:
+    def after_train(self, trainer: TrainerView, result: Any) -> None:
         run_dir = Path(trainer.run_dir)
         self._write_info(trainer, finished=time.time())
         if not (run_dir / TEST_DETECTIONS).is_file():
@@ -101,7 +101,7 @@ class ReportHook(Hook):
         writer.writerows(self.steps)
         write_text(run_dir / STEPS_CSV, buf.getvalue())
 
-    def _write_info(self, trainer: Any, finished: float | None) -> None:
+    def _write_info(self, trainer: TrainerView, finished: float | None) -> None:
         info: dict[str, Any] = machine_facts(trainer.device)
         info["started"] = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(self.started))
         if finished is not None:

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from segtune.engine.checkpoints import best_index
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 from segtune.fileio import check_folder, make_folder, write_json, write_text
-from segtune.run_files import CONFIG_FILE, LOG_FILE, METRICS_CSV, METRICS_JSON, RUN_STATE_FILE, SPLIT_FILE  # noqa: F401
+from segtune.run_files import (CONFIG_FILE, LOG_FILE, METRICS_CSV, METRICS_JSON, RUN_STATE_FILE,  # noqa: F401
+                               SPLIT_FILE, weights_dir)
 
 logger = logging.getLogger("segtune.train")
 
@@ -41,7 +42,7 @@ def new_run_dir(out: str | os.PathLike) -> Path:
     while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
-    make_folder(candidate / "weights", what="run folder (--out)")
+    make_folder(weights_dir(candidate), what="run folder (--out)")
     return candidate
 
 
@@ -131,7 +132,7 @@ class MetricsFilesHook(Hook):
     main_process_only = True
     name = "metrics_files"
 
-    def after_epoch(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def after_epoch(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         write_metrics(trainer.run_dir, trainer.history)
         write_run_state(trainer.run_dir, trainer.run)
         best = best_index(trainer.history, trainer.cfg.train.early_stop_metric)

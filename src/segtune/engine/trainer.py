@@ -1,82 +1,136 @@
-"""Owns the training loop: set-up from a config, epochs of steps, resume and stops; everything else is a hook.
+"""Owns the training loop: epochs of steps over the parts it is handed, resume and stops; everything else is a hook.
 
-The loop does the steps: mixed precision, accumulation, clipping, DistributedDataParallel, and fires
-the hooks. Evaluation, checkpoints, the time budget, EMA, the metrics files, the plot, TensorBoard,
-early stopping and the validation loss are hooks (``segtune.engine.default_hooks``), as are the user's.
+The parts (model, data, loaders, optimiser, schedule, number formats, DDP) are built from the config
+by :mod:`segtune.engine.parts`; the loop does the steps: mixed precision, accumulation, clipping,
+DistributedDataParallel, and fires the hooks. Evaluation, checkpoints, the time budget, EMA, the
+metrics files, the plot, TensorBoard, early stopping and the validation loss are hooks
+(``segtune.engine.default_hooks``), as are the user's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from segtune.checkpoint import RunState, keypoint_info, run_state_of
-from segtune.config import Config, dump_yaml, resolve_data_path
-from segtune.data import DetectionDataset, build_collate, prepare, save_split
-from segtune.data.build import build_loader, build_loader_from_batches
-from segtune.data.decoded_cache import make_cache
+from segtune.checkpoint import RunState
+from segtune.config import Config, dump_yaml
+from segtune.data import DetectionDataset, save_split
+from segtune.data.build import build_loader_from_batches
 from segtune.engine import distributed as dist
-from segtune.engine.adapt import adapt_to_data
-from segtune.engine.amp import setup_amp
 from segtune.engine.budget import Stopwatch
 from segtune.engine.checkpoints import best_index
 from segtune.engine.default_hooks import build_hooks
+from segtune.engine.distributed import DistInfo
 from segtune.engine.hooks import Hook, HookList
 from segtune.engine.logger import EpochReporter, log_run_start
-from segtune.engine.optim import build_optimizer, build_scheduler, scaled_lr
-from segtune.engine.run_data import open_run_data
+from segtune.engine.parts import TrainingParts, build_parts
 from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log_file, detach_log_file,
                                 hold_setup_lines, new_run_dir, release_setup_lines, write_run_state)
+from segtune.engine.run_data import RunData
 from segtune.engine.signals import StopSignals
-from segtune.engine.state import find_resume_checkpoint, hook_states, load_resume_state, restore_training_state
-from segtune.errors import ConfigError, TrainingError, TrainingInterrupted
-from segtune.fileio import check_folder, write_text
-from segtune.models import MODELS, build_from_config
+from segtune.engine.state import TrainingState
+from segtune.errors import TrainingError, TrainingInterrupted
+from segtune.fileio import write_text
 from segtune.models.precision import autocast
-from segtune.runtime import default_workers, seed_everything, seed_worker
-from segtune.threads import configure_threads
+from segtune.run_files import last_checkpoint, run_dir_of
 
 logger = logging.getLogger("segtune.train")
 
 
 class Trainer:
-    """Trains ``cfg``'s model on ``cfg``'s data; :meth:`fit` runs it (and :func:`train` is the short way).
+    """Runs the training loop over a run's parts; :meth:`fit` runs it (and :func:`train` is the short way).
 
-    Hooks receive the trainer; what they may read: ``cfg`` (frozen: the run never changes it),
-    ``run`` (the :class:`~segtune.checkpoint.RunState`: data path, classes, epochs fitted), ``run_dir``,
-    ``model`` (unwrapped), ``optimizer``, ``epoch``, ``step``, ``history``; they may set ``stop_training``.
+    ``Trainer(cfg, hooks, model=..., dataset=...)`` builds its parts from ``cfg`` when :meth:`fit`
+    starts (:func:`~segtune.engine.parts.build_parts`, so the set-up's log lines start the run's
+    ``train.log``); :meth:`from_parts` is handed parts built already. Hooks receive the trainer and
+    read what :class:`~segtune.engine.hooks.TrainerView` lists: the parts below, the run folder and
+    the loop's position; they may set ``stop_training`` or call :meth:`end_training`.
+
+    Attributes:
+        cfg: the run's config: as given, then (a new run with ``model.adapt_to_data``) with settings
+            fitted to the data once the parts are built; fixed from there on.
+        dist, device, data, run, split, keypoints, model, train_ds, test_ds, workers, iters,
+            accumulate, optimizer, scheduler, autocast_dtype, scaler: the parts
+            (:class:`~segtune.engine.parts.TrainingParts`), once built.
+        run_dir: the run folder, once :meth:`fit` has made (or, resuming, found) it.
+        hooks: the built-in hooks the config turns on, then the user's, once :meth:`fit` has made them.
+        epoch, step, start_iteration, history, clock: where the run stands (what ``last.pt`` keeps).
+        stop_training, end_reason, time_left: see :class:`~segtune.engine.hooks.TrainerView`.
     """
+
+    # The parts, once built (see TrainingParts).
+    dist: DistInfo
+    device: torch.device
+    data: RunData
+    run: RunState
+    split: dict[str, Any]
+    keypoints: dict[str, Any]
+    model: nn.Module
+    train_ds: DetectionDataset
+    test_ds: DetectionDataset
+    workers: int
+    iters: int
+    accumulate: int
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    autocast_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    # Made by fit.
+    run_dir: Path
+    hooks: HookList
 
     def __init__(self, cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = None,
                  dataset: DetectionDataset | None = None) -> None:
         self.cfg = cfg
         self.user_hooks = list(hooks)
-        self._given_model, self._given_dataset = model, dataset
+        self._build: Callable[[], TrainingParts] = functools.partial(build_parts, cfg, model=model, dataset=dataset)
+        self._parts: TrainingParts | None = None
         self.stop_training = False
         self.history: list[dict[str, Any]] = []
-        self.epoch = self.step = 0
+        self.epoch = self.step = self.start_iteration = 0
         self.signals = StopSignals()
         #: The training-time clock (steps and data, not evaluation); a hook that evaluates on its own
         #: pauses it (``with trainer.clock.paused()``).
         self.clock = Stopwatch()
         #: Seconds of training left, if a hook (the time budget) says so; the progress ETA uses it.
-        self.time_left = None
+        self.time_left: Callable[[], float] | None = None
         #: Why training ends after this step (a hook called :meth:`end_training`), else None.
         self.end_reason: str | None = None
-        self._resume: dict[str, Any] | None = None
+        #: The ``last.pt`` this run goes on from (``TrainingState.load_state_dict`` sets it), else None.
+        self.resumed_from: str | None = None
+        self._last_losses: dict[str, float] = {}
 
-    @property
-    def _signal(self) -> str | None:
-        """The stop signal received (``SIGINT``, ``SIGTERM``), if any."""
-        return self.signals.name
+    @classmethod
+    def from_parts(cls, parts: TrainingParts, hooks: Sequence[Hook] = ()) -> Trainer:
+        """A trainer handed parts built already (e.g. by :func:`~segtune.engine.parts.build_parts` with
+        some replaced); a resumed run's state goes back into them now."""
+        trainer = cls(parts.cfg, hooks)
+        trainer._take(parts)
+        return trainer
+
+    def _take(self, parts: TrainingParts) -> None:
+        """Hold ``parts`` as the attributes hooks read; put a resumed run's state back into them."""
+        self._parts = parts
+        self.cfg = parts.cfg  # fitted to the data, if model.adapt_to_data said so
+        self.dist, self.device, self._main = parts.dist, parts.dist.device, parts.dist.rank == 0
+        self.data, self.run, self.split, self.keypoints = parts.data, parts.run, parts.split, parts.keypoints
+        self.model, self.ddp = parts.model, parts.ddp
+        self.train_ds, self.test_ds, self.workers = parts.train_ds, parts.test_ds, parts.workers
+        self.loader, self.generator = parts.loader, parts.generator
+        self.iters, self.accumulate = parts.iters, parts.accumulate
+        self.optimizer, self.scheduler = parts.optimizer, parts.scheduler
+        self.autocast_dtype, self.scaler = parts.autocast_dtype, parts.scaler
+        if parts.resume is not None:
+            TrainingState(self).load_state_dict(parts.resume)
 
     @property
     def max_steps(self) -> int | None:
@@ -88,125 +142,27 @@ class Trainer:
         (how the time budget stops; setting ``stop_training`` inside an epoch interrupts instead)."""
         self.end_reason = reason
 
-    # --- set-up ---------------------------------------------------------------------------------
-
-    def _setup(self) -> None:
-        cfg = self.cfg
-        self.dist = dist.init_distributed(cfg.train.device)
-        self.device = self.dist.device
-        self.threads = configure_threads(check_busy=True)
-        self.main = self.dist.rank == 0
-        if not self.main:  # one process speaks for all; the others only warn
-            logging.getLogger("segtune").setLevel(logging.WARNING)
-        if not cfg.train.resume:  # a file where the run folder goes: say so now, not after the data check
-            check_folder(cfg.train.out, what="run folder (--out)")
-        data_cfg = dataclasses.replace(cfg.data, path=resolve_data_path(cfg.data.path))
-        resume = None
-        if cfg.train.resume:
-            resume = load_resume_state(find_resume_checkpoint(cfg.train.resume, cfg.train.out))
-        # The data set (and a validation set of its own) is opened once: the data doctor checks it
-        # before anything is written, the splits are views of it, the ground truth comes from the test view.
-        self.data = open_run_data(data_cfg, given=self._given_dataset, main=self.main,
-                                  world_size=self.dist.world_size)
-        full = self.full = self.data.full
-        self.report = self.data.report
-        # What the run learns from the data (and, later, from the clock) is its run state; cfg stays as given.
-        self.run = RunState(data_path=str(data_cfg.path), data_format=full.format, classes=list(full.classes),
-                            category_ids=list(full.category_ids), epochs=cfg.train.epochs, val_path=cfg.data.val_path)
-        learned = run_state_of(resume) if resume is not None else None
-        if learned is not None and learned.max_steps is not None:  # a length fitted to the time limit is kept
-            self.run.epochs, self.run.max_steps = learned.epochs, learned.max_steps
-        spec = MODELS.get(cfg.model.name)
-        if spec.has_masks and not full.has_masks:
-            raise ConfigError(f"{full.root}: the data set has boxes only, but {cfg.model.name} needs instance masks")
-        keypoints = keypoint_info(full)
-        if spec.has_keypoints and not keypoints["num_keypoints"]:
-            raise ConfigError(f"{full.root}: the data set has no keypoints, but {cfg.model.name} needs them (a COCO "
-                              f"person-keypoints file: 'keypoints' in its categories and annotations)")
-        self.keypoints = keypoints if spec.has_keypoints else {}
-        self.split = self.data.split(cfg.data, resume)
-        if cfg.model.adapt_to_data and resume is None:
-            composed = cfg.model.fpn and "anchor_sizes" in spec.from_config(cfg.model)
-            self.cfg = cfg = adapt_to_data(cfg, self.report, self.split["train"], composed=composed)[0]
-
-        seed_everything(cfg.train.seed, deterministic=cfg.train.deterministic)
-        model = self._given_model
-        if model is None:
-            model = build_from_config(cfg.model, num_classes=len(self.run.classes) + 1, classes=list(self.run.classes),
-                                      num_keypoints=self.keypoints.get("num_keypoints"), load_weights=resume is None)
-        model = model.to(self.device)
-        self.model = model
-        self.train_ds = prepare(full, files=self.split["train"], train=True, augment=cfg.train.augment,
-                                hflip_prob=cfg.train.hflip_prob, image_size=cfg.model.min_size,
-                                lsj_scale=cfg.train.lsj_scale)
-        self.test_ds = prepare(self.data.evaluated, files=self.split["test"], train=False)
-        self.workers = default_workers(self.device, cfg.data.workers)
-        self.train_ds.decoded_cache = make_cache(cfg, self.workers)
-        self.generator = torch.Generator()
-        sampler = None
-        if self.dist.world_size > 1:
-            sampler = torch.utils.data.distributed.DistributedSampler(
-                self.train_ds, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True,
-                seed=cfg.train.seed, drop_last=False)
-        self.loader = build_loader(
-            self.train_ds, batch_size=cfg.train.batch_size, train=True, workers=self.workers, generator=self.generator,
-            aspect_ratio_group_factor=cfg.data.aspect_ratio_group_factor, sampler=sampler, repeat=cfg.train.repeat,
-            collate_fn=build_collate(cfg.train.augment, seed=cfg.train.seed), worker_init_fn=seed_worker)
-        batches = len(self.loader.batch_sampler)
-        self.iters = batches if cfg.train.max_iters_per_epoch is None else min(batches, cfg.train.max_iters_per_epoch)
-        self.accumulate = max(1, cfg.train.accumulate)
-        steps_per_epoch = math.ceil(self.iters / self.accumulate)
-        lr = cfg.train.lr
-        if cfg.train.lr_scale_with_batch:
-            lr = scaled_lr(lr, cfg.train.batch_size * self.accumulate, self.dist.world_size,
-                           cfg.train.lr_scale_with_batch)
-        self.optimizer = build_optimizer(
-            model, name=cfg.train.optimizer, lr=lr, momentum=cfg.train.momentum, nesterov=cfg.train.nesterov,
-            weight_decay=cfg.train.weight_decay, no_decay_norm=cfg.train.no_decay_norm)
-        self.scheduler = build_scheduler(
-            self.optimizer, iters_per_epoch=steps_per_epoch, schedule=cfg.train.schedule, epochs=cfg.train.epochs,
-            warmup_iters=cfg.train.warmup_iters, warmup_factor=cfg.train.warmup_factor, lr_step=cfg.train.lr_step,
-            lr_milestones=cfg.train.lr_milestones, lr_gamma=cfg.train.lr_gamma)
-        self._setup_amp()
-        self.ddp = dist.wrap_ddp(model, self.dist, sync_bn=cfg.train.sync_bn)
-        if self.ddp is not model:
-            self.model = self.ddp.module  # SyncBatchNorm conversion may have made a new module
-        self.start_iteration = 0
-        self._resume = resume
-        if resume is not None:
-            restore_training_state(self, resume)
-
-    def _setup_amp(self) -> None:
-        self.autocast_dtype, self.scaler = setup_amp(self.cfg.train.amp, self.device, self.model,
-                                                         self.cfg.train.memory_format)
-
     # --- the loop -------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
-        """Run every remaining epoch; see :func:`train`."""
+        """Build the parts (unless handed them), then run every remaining epoch; see :func:`train`."""
         held = hold_setup_lines()  # the set-up's lines start train.log, once the run folder exists
         try:
-            self._setup()
-            cfg = self.cfg
-            resumed = getattr(self, "resumed_from", None)
-            self.run_dir = (Path(resumed).parent.parent if resumed
-                            else (new_run_dir(cfg.train.out) if self.main else None))
-            self.run_dir = Path(dist.broadcast_object(str(self.run_dir)))
+            if self._parts is None:
+                self._take(self._build())
+            resumed = self.resumed_from
+            run_dir = run_dir_of(resumed) if resumed else (new_run_dir(self.cfg.train.out) if self._main else None)
+            self.run_dir = Path(dist.broadcast_object(str(run_dir)))
         finally:
             release_setup_lines(held)
-        handler = attach_log_file(self.run_dir, held) if self.main else None
+        handler = attach_log_file(self.run_dir, held) if self._main else None
         self.hooks = HookList(build_hooks(self) + self.user_hooks)
-        if self._resume is not None:
-            self.hooks.load_state_dict(hook_states(self._resume))
+        if self._parts.resume is not None:
+            TrainingState(self).load_hook_states(self._parts.resume)
         try:
             with self.signals:  # Ctrl-C / SIGTERM: stop after this step, with last.pt
-                if self.main:
-                    # config.yaml is what `segtune train --config` replays, so it never says "resume".
-                    write_text(self.run_dir / CONFIG_FILE, dump_yaml(dataclasses.replace(
-                        cfg, train=dataclasses.replace(cfg.train, resume=None))))
-                    if not resumed:
-                        save_split(self.run_dir / SPLIT_FILE, self.split)
-                    write_run_state(self.run_dir, self.run)
+                if self._main:
+                    self._write_run_files(resumed)
                     log_run_start(self, resumed)
                 self.hooks.before_train(self)
                 while self.epoch < self.run.epochs and not self.stop_training:
@@ -221,6 +177,14 @@ class Trainer:
                 detach_log_file(handler)
             dist.cleanup()
 
+    def _write_run_files(self, resumed: str | None) -> None:
+        # config.yaml is what `segtune train --config` replays, so it never says "resume".
+        write_text(self.run_dir / CONFIG_FILE, dump_yaml(dataclasses.replace(
+            self.cfg, train=dataclasses.replace(self.cfg.train, resume=None))))
+        if not resumed:
+            save_split(self.run_dir / SPLIT_FILE, self.split)
+        write_run_state(self.run_dir, self.run)
+
     def _run_epoch(self) -> None:
         epoch = self.epoch
         self.hooks.before_epoch(self, epoch)
@@ -228,14 +192,13 @@ class Trainer:
         try:
             losses = self._train_epoch(epoch)
         except TrainingError as e:
-            kept = (f"{self.run_dir / 'weights' / 'last.pt'} (epoch {epoch - 1}) is kept" if epoch
+            kept = (f"{last_checkpoint(self.run_dir)} (epoch {epoch - 1}) is kept" if epoch
                     else "no epoch finished, so no checkpoint was written")
             raise TrainingError(f"{e}; {kept}") from None
         if losses is None:  # stopped by a signal or a hook in the middle of the epoch
             return
         record = {"epoch": epoch, "step": self.step, "lr": lr, "train_time_s": round(self.clock.elapsed, 2),
                   "train": losses}
-        self.record = record
         # The evaluation hook adds the metrics, the EMA hook its own, the validation loss "val".
         self.hooks.evaluate(self, epoch, record)
         self.hooks.after_eval(self, epoch, record.get("metrics", {}))
@@ -256,7 +219,7 @@ class Trainer:
         batches = list(batch_sampler)[: self.iters]
         loader = build_loader_from_batches(self.loader, batches[self.start_iteration:], self.generator)
         report = EpochReporter(epoch, self.iters, device=self.device, print_freq=cfg.train.print_freq,
-                               start=self.start_iteration, enabled=self.main)
+                               start=self.start_iteration, enabled=self._main)
         if self.time_left is not None:
             report.time_left = self.time_left
         report.end = self._epoch_end(self.start_iteration)
@@ -295,14 +258,14 @@ class Trainer:
             if last_of_group:
                 report.end = self._epoch_end(i)
             # A stop takes effect between optimiser steps, never inside an accumulation group.
-            if last_of_group and i < self.iters and not self._signal and self.end_reason is not None:
+            if last_of_group and i < self.iters and not self.signals.name and self.end_reason is not None:
                 # A hook (the time budget) ends training here; this part-epoch is evaluated and saved
                 # as the last one.
                 logger.info("%s at epoch %d, iteration %d of %d: evaluating and stopping",
                             self.end_reason, epoch, i, self.iters)
                 self.stop_training = True
                 return report.close()
-            if (self._signal or self.stop_training) and last_of_group and i < self.iters:
+            if (self.signals.name or self.stop_training) and last_of_group and i < self.iters:
                 report.close()
                 self._interrupt(epoch, i)
                 return None
@@ -329,28 +292,26 @@ class Trainer:
         self.hooks.after_step(self, self.step, self._last_losses)  # before the schedule moves: logs this step's lr
         self.scheduler.step()
 
-    # --- checkpoints ----------------------------------------------------------------------------
+    # --- stops and the result -------------------------------------------------------------------
 
     def _interrupt(self, epoch: int, iteration: int) -> None:
         """Write ``last.pt`` at this iteration and stop with a resume hint."""
-        why = f"signal {self._signal}" if self._signal else "a hook asked to stop"
+        why = f"signal {self.signals.name}" if self.signals.name else "a hook asked to stop"
         self.hooks.on_interrupt(self, epoch, iteration)  # the checkpoint hook writes last.pt (rank 0)
         dist.barrier()
-        message = (f"stopped by {why} at epoch {epoch}, iteration {iteration}; {self.run_dir / 'weights' / 'last.pt'} "
+        message = (f"stopped by {why} at epoch {epoch}, iteration {iteration}; {last_checkpoint(self.run_dir)} "
                    f"holds the exact state: resume with  segtune train --resume {self.run_dir}")
-        if self._signal:
+        if self.signals.name:
             raise TrainingInterrupted(message)
         logger.info("%s", message)
 
     def result(self) -> TrainResult:
+        """The run folder, the best epoch (:func:`~segtune.engine.checkpoints.best_index`) and every epoch's record."""
         if not self.history:
             return TrainResult(run_dir=self.run_dir, best_epoch=-1, best_metrics={}, history=[])
-        best = self._best_index()
+        best = best_index(self.history, self.cfg.train.early_stop_metric)
         return TrainResult(run_dir=self.run_dir, best_epoch=self.history[best]["epoch"],
                            best_metrics=self.history[best]["metrics"], history=list(self.history))
-
-    def _best_index(self) -> int:
-        return best_index(self.history, self.cfg.train.early_stop_metric)
 
 
 def train(cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = None,

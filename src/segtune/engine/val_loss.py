@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from segtune.data import build_loader
 from segtune.engine import distributed as dist
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 from segtune.models.precision import autocast
 
 logger = logging.getLogger("segtune.train")
@@ -92,11 +92,11 @@ class ValidationLoss(Hook):
 
     name = "val_loss"
 
-    def before_train(self, trainer: Any) -> None:
+    def before_train(self, trainer: TrainerView) -> None:
         test = trainer.test_ds  # the same images and transforms, the training rule for the targets
         self.dataset = test.view(test.files, transforms=test.transforms, keep_crowd=False)
 
-    def evaluate(self, trainer: Any, epoch: int, record: dict[str, Any]) -> None:
+    def evaluate(self, trainer: TrainerView, epoch: int, record: dict[str, Any]) -> None:
         start = time.perf_counter()
         values = validation_loss(
             trainer.model, self.dataset,

@@ -16,7 +16,7 @@ from segtune.evaluation.coco_eval import detections, ground_truth, gt_has_keypoi
 from segtune.models import family_of
 from segtune.models.family import unwrap
 from segtune.models.precision import autocast, float_outputs, inference_precision
-from segtune.runtime import default_workers, resolve_device, track
+from segtune.machine import default_workers, resolve_device, track
 from segtune.runtimes import open_model
 
 logger = logging.getLogger(__name__)

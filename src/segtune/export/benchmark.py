@@ -34,7 +34,7 @@ from segtune.export.exporter import default_output, export_loaded
 from segtune.fileio import write_json
 from segtune.models.min_score import min_score_inside
 from segtune.models.precision import autocast, float_outputs, inference_precision
-from segtune.runtime import cpu_has_native_bf16, cpu_name
+from segtune.machine import cpu_has_native_bf16, cpu_name
 from segtune.runtimes import InferenceOnly, LoadedModel, export_formats, open_model
 from segtune.threads import configure_threads, describe_threads
 

@@ -27,6 +27,7 @@ from segtune.fileio import current_umask, write_json
 from segtune.models import family_of
 from segtune.models.family import OUTPUT_ORDER
 from segtune.models.min_score import has_min_score, set_min_score
+from segtune.run_files import best_checkpoint
 from segtune.runtimes import (
     ExportRequest, LoadedModel, export_runtime, open_model, sidecar_path,
 )
@@ -90,7 +91,7 @@ def _other_size_problems(exported: Any, image: torch.Tensor, reference: dict[str
 
 def default_output(checkpoint: Path, fmt: str) -> Path:
     """``weights/best.onnx`` beside ``weights/best.pt`` (a run folder: its best checkpoint's)."""
-    ckpt = checkpoint / "weights" / "best.pt" if checkpoint.is_dir() else checkpoint
+    ckpt = best_checkpoint(checkpoint) if checkpoint.is_dir() else checkpoint
     return ckpt.with_suffix(export_runtime(fmt).suffix)
 
 

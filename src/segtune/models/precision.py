@@ -14,7 +14,7 @@ from torch import nn
 
 from segtune.errors import ConfigError
 from segtune.models.family import family_of
-from segtune.runtime import cpu_has_native_bf16
+from segtune.machine import cpu_has_native_bf16
 
 logger = logging.getLogger("segtune")
 

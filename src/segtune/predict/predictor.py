@@ -21,7 +21,7 @@ from segtune.models.min_score import min_score_inside
 from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.predict.video import VIDEO_EXTENSIONS
 from segtune.predict.visualise import draw
-from segtune.runtime import resolve_device
+from segtune.machine import resolve_device
 from segtune.runtimes import LoadedModel, open_model
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray

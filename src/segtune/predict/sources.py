@@ -15,7 +15,7 @@ from segtune.data import open_dataset
 from segtune.errors import CheckpointError, DatasetError
 from segtune.predict.pipeline import IMAGE, Item, Stream
 from segtune.predict.predictor import to_uint8_chw
-from segtune.runtime import track
+from segtune.machine import track
 from segtune.runtimes import read_sidecar, runtime_for_suffix
 
 logger = logging.getLogger(__name__)

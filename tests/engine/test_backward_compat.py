@@ -1,4 +1,4 @@
-"""Run folders written by an earlier segtune still load, evaluate, predict and resume.
+"""Backward compatibility: run folders written by an earlier segtune still load, evaluate, predict and resume.
 
 The earlier code is taken from git (the commit before the frozen config and the run-state record)
 and run in a subprocess, so the run folder is one that segtune really wrote then, not a copy of its

@@ -1,7 +1,9 @@
-"""One path through a run: the data set opened once, and a model and data set built by the caller."""
+"""Building a run's parts: the data set opened once, a model and data set built by the caller, and a
+trainer handed parts of the caller's own."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -9,6 +11,9 @@ import torch
 import segtune.data.coco as coco_module
 from segtune.data import MaskFolderDataset
 from segtune.engine import configure, train
+from segtune.engine.hooks import TrainerView
+from segtune.engine.parts import build_parts
+from segtune.engine.trainer import Trainer
 from segtune.models import build_from_config
 from tests.cli.test_formats import make_coco
 from tests.conftest import TINY_MODEL, make_mask_folder
@@ -45,3 +50,21 @@ def test_train_takes_a_model_and_a_data_set_built_by_the_caller(tmp_path: Path) 
     # lr 1e-12: the weights trained are the ones given, all but unchanged (the trainer built no model of its own)
     assert torch.allclose(saved["roi_heads.box_predictor.cls_score.bias"], torch.full((2,), 0.25), atol=1e-6)
     assert set(result.history[0]["metrics"]) == {"bbox", "segm"}
+
+
+def test_a_trainer_runs_the_parts_it_is_handed(tmp_path: Path) -> None:
+    """The optimiser and schedule swapped for the caller's own (learning rate 0): the run steps with
+    them and saves their state, and the weights it writes are the ones it started with."""
+    data = make_mask_folder(tmp_path / "data", n=6)
+    parts = build_parts(configure(("test", _settings(data, tmp_path / "run"))))
+    start = {k: v.detach().clone() for k, v in parts.model.named_parameters()}
+    optimizer = torch.optim.SGD(parts.model.parameters(), lr=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    trainer = Trainer.from_parts(dataclasses.replace(parts, optimizer=optimizer, scheduler=scheduler))
+    assert trainer.model is parts.model and trainer.optimizer is optimizer
+    result = trainer.fit()
+    last = torch.load(result.run_dir / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == 0.0 and last["step"] == trainer.step == 2
+    assert all(torch.equal(last["model"][k], start[k]) for k in start)
+    # The trainer has everything hooks may read of it.
+    assert [name for name in TrainerView.__annotations__ if not hasattr(trainer, name)] == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segtune.runtime import seed_everything, seed_worker, worker_init_fn
+from segtune.machine import seed_everything, seed_worker, worker_init_fn
 
 
 def _step(seed: int, deterministic: bool = False) -> list[float]:

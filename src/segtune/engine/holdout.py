@@ -1,19 +1,20 @@
-"""Owns scoring a test set of the user's own (``--test-data``) once training has ended, as a hook."""
+"""Owns scoring a held-out test set of the user's own (``--test-data``) once training has ended, as a hook."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from segtune.engine.hooks import HOOKS, Hook
+from segtune.engine.hooks import HOOKS, Hook, TrainerView
 from segtune.evaluation import evaluate_checkpoint
 from segtune.fileio import write_json
+from segtune.run_files import TEST_METRICS_FILE, best_checkpoint
+
+if TYPE_CHECKING:
+    from segtune.engine.run import TrainResult
 
 logger = logging.getLogger("segtune.train")
-
-#: Where the test set's metrics go in the run folder.
-TEST_METRICS_FILE = "test_metrics.json"
 
 
 @HOOKS.register("test_set")
@@ -26,14 +27,14 @@ class TestSetHook(Hook):
     name = "test_set"
 
     @classmethod
-    def from_trainer(cls, trainer: Any) -> TestSetHook:
+    def from_trainer(cls, trainer: TrainerView) -> TestSetHook:
         return cls(trainer.cfg.data.test_path)
 
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def after_train(self, trainer: Any, result: Any) -> None:
-        best = Path(trainer.run_dir) / "weights" / "best.pt"
+    def after_train(self, trainer: TrainerView, result: TrainResult) -> None:
+        best = best_checkpoint(trainer.run_dir)
         if not best.is_file():  # no epoch finished
             return
         with trainer.clock.paused():
