@@ -123,7 +123,7 @@ def test_mask_size_differs_from_image(tmp_path: Path):
     _save_image(images / "s.png", size=(H, W))
     _save_mask(masks / "s_mask.png", size=(H, W + 1))
     ds = MaskFolderDataset(root)  # found at load time, not when listing
-    for action in (lambda: ds[0], ds.verify):
+    for action in (lambda: ds[0], lambda: [ds[i] for i in range(len(ds))]):
         with pytest.raises(DatasetError) as e:
             action()
         msg = str(e.value)
@@ -145,9 +145,6 @@ def test_truncated_image(tmp_path: Path):
     with pytest.raises(DatasetError) as e:
         ds[0]
     assert str(image) in str(e.value) and "truncated" in str(e.value)
-    with pytest.raises(DatasetError) as e:
-        ds.verify()
-    assert str(image) in str(e.value)
     with pytest.raises(DatasetError, match="truncated"):
         load_rgb(image)
 
@@ -161,7 +158,7 @@ def test_truncated_mask(tmp_path: Path):
     _truncate(masks / "m_mask.png")
     ds = MaskFolderDataset(root)
     with pytest.raises(DatasetError) as e:
-        ds.verify()
+        ds[0]
     assert str(masks / "m_mask.png") in str(e.value)
     with pytest.raises(DatasetError):
         load_instance_mask(masks / "m_mask.png")
@@ -172,7 +169,7 @@ def test_non_image_file_with_png_extension(tmp_path: Path):
     image, _ = _pair(root, "fake")
     image.write_text("this is not a PNG\n")
     ds = MaskFolderDataset(root)
-    for action in (lambda: ds[0], ds.verify, lambda: ds.get_height_and_width(0), lambda: load_rgb(image),
+    for action in (lambda: ds[0], lambda: ds.get_height_and_width(0), lambda: load_rgb(image),
                    lambda: read_size(image)):
         with pytest.raises(DatasetError) as e:
             action()
@@ -258,7 +255,7 @@ def test_all_modes_through_the_dataset(tmp_path: Path):
         assert image.dtype == torch.uint8 and tuple(image.shape) == (3, H, W)
         np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), by_name[ds.files[i]])
         assert target["boxes"].tolist() == [[3.0, 2.0, 15.0, 10.0]]
-    assert ds.verify() == len(modes)
+    assert sum(len(ds[i][1]["boxes"]) for i in range(len(ds))) == len(modes)
 
 
 # ---------------------------------------------------------------- degenerate instances
@@ -291,7 +288,7 @@ def test_one_pixel_wide_and_high_instances_are_kept_with_their_pixel_extent(tmp_
                                         [1.0, 12.0, 2.0, 13.0]]
     assert target["area"].tolist() == [42.0, 10.0, 15.0, 1.0]
     assert target["labels"].tolist() == [1, 1, 1, 1] and tuple(target["masks"].shape) == (4, H, W)
-    assert ds.verify() == 4
+    assert sum(len(ds[i][1]["boxes"]) for i in range(len(ds))) == 4
     assert not [r for r in segtune_caplog.records if r.name.startswith("segtune.data")]  # nothing to warn about
 
 

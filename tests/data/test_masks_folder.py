@@ -1,4 +1,4 @@
-"""MaskFolderDataset: target format, name-based mask pairing, header-only sizes, negatives, splits, verify."""
+"""MaskFolderDataset: target format, name-based mask pairing, header-only sizes, negatives, splits, every image read."""
 
 from __future__ import annotations
 
@@ -272,16 +272,17 @@ def test_files_restrict_to_a_split(tmp_path: Path):
     assert str(root / "PNGImages" / "nope.png") in str(e.value)
 
 
-# ---------------------------------------------------------------- verify
+# ---------------------------------------------------------------- every image read
 
 
-def test_verify_counts_instances_and_reports_progress(known):
+def _instances(ds: MaskFolderDataset) -> int:
+    return sum(len(ds[i][1]["boxes"]) for i in range(len(ds)))
+
+
+def test_every_image_reads_with_its_instances(known):
     root, _ = known
-    calls = []
-    ds = MaskFolderDataset(root)
-    assert ds.verify(progress=lambda done, total: calls.append((done, total))) == 3
-    assert calls == [(1, 3), (2, 3), (3, 3)]
-    assert MaskFolderDataset(root, files=["p1.png", "p2.png"]).verify() == 1
+    assert _instances(MaskFolderDataset(root)) == 3
+    assert _instances(MaskFolderDataset(root, files=["p1.png", "p2.png"])) == 1
 
 
 def test_pennfudan_layout(pennfudan: Path):
@@ -301,10 +302,10 @@ def test_pennfudan_layout(pennfudan: Path):
 
 
 @pytest.mark.slow
-def test_pennfudan_verify_counts_all_instances(pennfudan: Path):
+def test_pennfudan_has_423_instances(pennfudan: Path):
     ds = MaskFolderDataset(pennfudan)
     assert len(ds) == 170
-    assert ds.verify() == 423
+    assert _instances(ds) == 423
 
 
 def _multi_class_folder(root: Path) -> Path:
