@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -65,30 +63,58 @@ def test_same_seed_gives_identical_losses_and_another_seed_does_not(data: Path, 
     assert losses[0] == losses[1] and losses[0] != losses[2]
 
 
+#: ``python SCRIPT STEP ARGS...``: ``segtune ARGS...`` with one more built-in hook, which sends this process
+#: SIGINT (Ctrl-C) right after optimiser step STEP: the stop comes at a known step, whatever the machine's speed.
+_SIGINT_AT_STEP = """
+import os, signal, sys
+
+from segtune.cli.main import main
+from segtune.engine import default_hooks
+from segtune.engine.hooks import HOOKS, Hook
+
+STEP = int(sys.argv[1])
+
+
+@HOOKS.register("test_sigint_at_step")
+class SigintAtStep(Hook):
+    def after_step(self, trainer, step, losses):
+        if step == STEP:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+default_hooks.DEFAULT_HOOKS.append(("test_sigint_at_step", lambda cfg: True))
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
 def test_sigint_writes_last_pt_and_exits_with_a_resume_hint(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--max-iters-per-epoch", "200",
-            "--batch-size", "1", "--test-size", "2", "--print-freq", "1", "--tensorboard", "false",
+    args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "1",
+            "--test-size", "2", "--print-freq", "1", "--tensorboard", "false",
             *[f"{k}={v}" for k, v in TINY_MODEL.items()]]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "segtune", *args], stderr=subprocess.PIPE, text=True, env=env)
-    lines = []
-    deadline = time.time() + 120
-    for line in proc.stderr:  # wait until training is really stepping
-        lines.append(line)
-        if "Epoch: [0]  [" in line and "/" in line or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
-    _, rest = proc.communicate(timeout=120)
-    out = "".join(lines) + rest
-    assert proc.returncode == 130, out
-    assert "resume with  segtune train --resume" in out
+    script = tmp_path / "sigint_at_step.py"
+    script.write_text(_SIGINT_AT_STEP)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    # An epoch is 4 iterations (6 images, 2 for the test split, batch 1); Ctrl-C after step 2.
+    done = subprocess.run([sys.executable, str(script), "2", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 130, out
+    assert "SIGINT received" in out and "stopped by signal SIGINT at epoch 0, iteration 2" in out
+    assert f"resume with  segtune train --resume {run}" in out
     state = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
-    assert state["epoch"] == 0 and 1 <= state["iteration"] < 200
-    # `--resume RUN` alone takes the run's config; --max-iters-per-epoch shortens what is left.
-    assert main(["train", "--resume", str(run), "--max-iters-per-epoch", str(state["iteration"] + 1)]) == 0
+    assert (state["epoch"], state["iteration"], state["step"]) == (0, 2, 2)
+    assert not (run / "metrics.json").exists() or json.loads((run / "metrics.json").read_text()) == []
+
+    # Resuming takes the run's config and goes on from step 3: steps 3 and 4 end epoch 0.
+    steps: list[int] = []
+    recorder = CallbackHook({"after_step": lambda trainer, step, losses: steps.append(step)})
+    resumed = train(configure(("resume", {"train.resume": str(run)})), hooks=[recorder])
+    assert resumed.run_dir == run and steps == [3, 4]
+    assert [r["epoch"] for r in resumed.history] == [0] and resumed.history[0]["step"] == 4
     history = json.loads((run / "metrics.json").read_text())
     assert [r["epoch"] for r in history] == [0]
+    assert torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)["step"] == 4
 
 
 def test_adamw_cosine_accumulation_ema_and_outputs(data: Path, tmp_path: Path) -> None:

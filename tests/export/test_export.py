@@ -110,15 +110,24 @@ def test_the_torchscript_file_runs_with_torch_alone(run_dir: Path, tmp_path: Pat
     assert set(detections[0]) >= {"boxes", "labels", "scores", "masks"}
 
 
+def _photo_sized_images(root: Path) -> list[Path]:
+    """Synthetic images of Penn-Fudan's sizes (about 300-550 px a side, portrait and landscape), with objects:
+    larger than the training images, so the model's resize scales them down."""
+    paths = []
+    for k, size in enumerate([(358, 450), (480, 311), (536, 559)]):
+        folder = make_mask_folder(root / str(k), n=1, size=size, empty=(), seed=10 + k)
+        paths += sorted((folder / "PNGImages").glob("*.png"))
+    return paths
+
+
 @pytest.mark.parametrize("model", ["fasterrcnn_resnet50_fpn", "cpu-scratch"])
-def test_a_detection_only_model_and_the_cpu_recipe_export_with_parity(tmp_path: Path, pennfudan: Path,
-                                                                       model: str) -> None:
+def test_a_detection_only_model_and_the_cpu_recipe_export_with_parity(tmp_path: Path, model: str) -> None:
     data = make_mask_folder(tmp_path / "data", n=6)
     settings = short_run_settings(data, tmp_path / "run", **{"data.test_size": 2, "train.max_iters_per_epoch": 1,
                                                               "train.report": False})
     settings.update({"train.preset": "cpu-scratch"} if model == "cpu-scratch" else {"model.name": model})
     run = train(configure(("test", settings))).run_dir
-    images = sorted((pennfudan / "PNGImages").glob("*.png"))[:3] + [_images(tmp_path)[-1]]  # + a blank image
+    images = _photo_sized_images(tmp_path / "photos") + [_images(tmp_path)[-1]]  # + a blank image
     eager = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0)
     for fmt in ("onnx", "torchscript"):
         out = tmp_path / f"m.{fmt}"

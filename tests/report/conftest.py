@@ -1,7 +1,8 @@
 """The ``browser`` fixture: one headless Chromium for the whole session, or a skip with the exact reason.
 
-Set SEGTUNE_REQUIRE_BROWSER=1 (e.g. in CI, where scripts/setup.sh installed Chromium) to fail instead of
-skipping when the browser is unavailable.
+Set SEGTUNE_REQUIRE_BROWSER=1 (.ci/run does, where scripts/setup.sh installed Chromium) to fail instead of
+skipping when the browser is unavailable. Under CI=true the skip fails anyway (tests/conftest.py turns every
+skip outside its CI_ALLOWED_SKIPS into a failure).
 """
 
 from __future__ import annotations

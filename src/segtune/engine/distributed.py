@@ -283,6 +283,8 @@ def wrap_ddp(model: nn.Module, info: DistInfo, *, sync_bn: bool = False) -> nn.M
             torchvision's detection backbones use ``FrozenBatchNorm2d``, which this leaves alone.
     """
     if not info.distributed:
+        if sync_bn:
+            logger.info("sync_bn: one process, so there is nothing to synchronise; BatchNorm layers stay as they are")
         return model
     if sync_bn:
         if info.device.type == "cuda":
