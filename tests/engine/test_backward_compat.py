@@ -1,4 +1,4 @@
-"""Backward compatibility: run folders written by an earlier segtune still load, evaluate, predict and resume.
+"""Backward compatibility: run folders written by an earlier segtune still load, evaluate, predict, export and resume.
 
 The earlier code (the commit before the frozen config and the run-state record) ships with the tests,
 as ``tests/fixtures/segtune_e4c4711/src.tar.xz`` (its ``src`` tree, 110 KB; README.md there says how it
@@ -22,6 +22,7 @@ import pytest
 from segtune.checkpoint import load_checkpoint
 from segtune.engine import configure, train
 from segtune.evaluation import evaluate_checkpoint
+from segtune.export import export_model
 from segtune.predict import Predictor, split_images
 from tests.conftest import TINY_MODEL, make_mask_folder
 
@@ -73,6 +74,15 @@ def test_an_old_run_evaluates_and_predicts(old_run: tuple[Path, Path]) -> None:
     assert len(images) == 2 and all(Path(p).is_file() for p in images)
     prediction = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0)(images[0])
     assert prediction.image.shape[0] == 3 and all(name == "pedestrian" for name in prediction.names)
+
+
+def test_an_old_run_exports_with_parity(old_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, _ = old_run
+    result = export_model(run, "onnx", out=tmp_path / "old.onnx", exporter="legacy")
+    assert result.parity.ok, result.parity.problems
+    meta = json.loads((tmp_path / "old.onnx.json").read_text())
+    assert meta["classes"] == ["pedestrian"] and meta["outputs"] == ["boxes", "labels", "scores", "masks"]
+    assert Predictor.from_checkpoint(result.path, score_threshold=0.0).classes == ["pedestrian"]
 
 
 def test_an_old_run_resumes_where_it_stopped(old_run: tuple[Path, Path]) -> None:
