@@ -12,9 +12,9 @@ from segtune.runtimes.base import (
 )
 # Each registers its runtime; the order is benchmark's row order and export's list of formats.
 from segtune.runtimes import eager, torchscript, onnx  # noqa: F401,E402,I001
-from segtune.runtimes.loaded import LoadedModel, open_model, with_model
+from segtune.runtimes.loaded import LoadedModel, open_model
 
 __all__ = [
     "RUNTIMES", "ExportRequest", "InferenceOnly", "LoadedModel", "Runtime", "export_formats", "export_runtime",
-    "open_model", "read_sidecar", "register_runtime", "runtime_for_suffix", "sidecar_path", "with_model",
+    "open_model", "read_sidecar", "register_runtime", "runtime_for_suffix", "sidecar_path",
 ]

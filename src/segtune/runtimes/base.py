@@ -67,14 +67,12 @@ class Runtime:
         suffix: the suffix of its files (``.onnx``); None for the eager model of a checkpoint.
         description: one line for help texts.
         exports: whether ``segtune export`` writes this format (the eager runtime reads checkpoints only).
-        batches: whether one call takes several images (exported detectors take one: pytorch/vision#2311).
     """
 
     name = ""
     suffix: str | None = None
     description = ""
     exports = True
-    batches = False
 
     def export(self, model: torch.nn.Module, sample: torch.Tensor, path: Path, request: ExportRequest) -> str:
         """Write ``model`` (in eval mode; a copy the runtime may change) to ``path``; return the exporter used."""

@@ -20,7 +20,6 @@ class EagerRuntime(Runtime):
     suffix = None
     description = "the checkpoint's model in PyTorch"
     exports = False
-    batches = True
 
     def open_checkpoint(self, path: Path) -> LoadedModel:
         """Load the checkpoint at ``path`` once and rebuild its model (eval mode, CPU); nothing is downloaded."""

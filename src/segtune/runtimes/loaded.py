@@ -4,7 +4,6 @@ trained against. This is the one place that decides "exported file or checkpoint
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,7 +102,3 @@ def open_model(path: str | os.PathLike, *, device: torch.device | str = "cpu", a
                        mask_threshold=float(meta.get("mask_threshold", 0.5)),
                        keypoint_names=meta.get("keypoint_names"), skeleton=meta.get("skeleton"), meta=meta)
 
-
-def with_model(loaded: LoadedModel, model: Any, runtime: str) -> LoadedModel:
-    """``loaded`` with another runner of the same model (e.g. the same checkpoint exported and loaded back)."""
-    return dataclasses.replace(loaded, model=model, runtime=runtime)
