@@ -80,8 +80,7 @@ def iou_types_for(model: nn.Module, outputs_keys: set[str], gt: dict[str, Any]) 
     Taken from the keys the model's outputs had (torchvision detectors return ``masks`` and
     ``keypoints`` even for images without detections), else from what its family declares.
     """
-    declared = set(family_of(model).outputs(unwrap(model))) if isinstance(unwrap(model), nn.Module) else set()
-    outputs_keys = set(outputs_keys) | declared
+    outputs_keys = set(outputs_keys) | set(family_of(model).outputs(unwrap(model)))
     types = ["bbox"]
     if "masks" in outputs_keys:
         types.append("segm")
@@ -194,6 +193,7 @@ def evaluate_checkpoint(
     loaded = open_model(checkpoint, device=dev, amp=amp)
     data_cfg, files = loaded.split_data(split, data)
     dataset = build_dataset(data_cfg, files=files, train=False)
+    model = loaded.model.to(dev)
     if loaded.exported:
         if float(loaded.meta.get("min_score", 0.0)) > 0.05:
             logger.warning("%s drops detections scoring below %.2f inside it (exported with --score-threshold), so "
@@ -205,8 +205,6 @@ def evaluate_checkpoint(
     else:
         logger.info("evaluating %s on %d %s images of %s", loaded.path, len(dataset), split, dataset.root)
         batch_size = batch_size or loaded.config.eval.batch_size
-    model = loaded.model.to(dev)
-    if not loaded.exported:
         dtype = inference_precision(model, amp, dev)
     return evaluate_model(model, dataset, loaded.classes, device=dev, batch_size=batch_size,
                           workers=default_workers(dev, workers), mask_threshold=loaded.mask_threshold,
