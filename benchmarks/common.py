@@ -1,14 +1,19 @@
-"""What every benchmark script shares: the machine line, the data path default, JSON results."""
+"""What every benchmark script shares: the machine line, the data path default, JSON results stamped
+with machine, date and command."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 DATA = os.environ.get("SEGTUNE_DATA", str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "PennFudanPed"))
 
@@ -43,20 +48,52 @@ def machine(threads: int | None = None) -> str:
             f"torch {torch.__version__}, torchvision {torchvision.__version__}")
 
 
+def command() -> str:
+    """The script and its arguments as run (``benchmarks/inference.py --models tutorial``), the script
+    named from the repository root where it lies inside it."""
+    script = sys.argv[0] if sys.argv and sys.argv[0] else "python"
+    try:
+        script = Path(script).resolve().relative_to(ROOT).as_posix()
+    except (ValueError, OSError):
+        pass
+    return shlex.join([script, *sys.argv[1:]])
+
+
+def stamp(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with ``machine``, ``date`` and ``command`` first, so that no script can forget them.
+
+    ``machine`` and ``command`` are always this process's. A ``machine`` the caller gave that differs
+    (the line of another process that did the work, such as the peer's) is kept as ``work_machine``.
+    ``date`` is the caller's where given (the day or time the work was done), else today (ISO)."""
+    here = machine()
+    stamped = {"machine": here, "date": datetime.date.today().isoformat(), "command": command()}
+    rest = {k: v for k, v in result.items() if k not in ("machine", "command")}
+    given = result.get("machine")
+    if given is not None and given != here:
+        rest.setdefault("work_machine", given)
+    return {**stamped, **rest}
+
+
 def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write ``result`` (with the machine line) to ``benchmarks/results/NAME``; return the path."""
+    """Write ``result``, stamped (:func:`stamp`), to ``benchmarks/results/NAME`` (a ``.json`` name); return
+    the path."""
+    if not name.endswith(".json"):
+        raise ValueError(f"write_result({name!r}): a results file name ends in .json")
     path = RESULTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"machine": machine(), **result}, indent=2))
+    tmp.write_text(json.dumps(stamp(result), indent=2))
     tmp.replace(path)
     return path
 
 
 def append_record(name: str, record: dict[str, Any]) -> Path:
-    """Append one JSON line to ``benchmarks/results/NAME`` (a log of tries that is never rewritten)."""
+    """Append one JSON line, stamped (:func:`stamp`), to ``benchmarks/results/NAME`` (a log of tries that
+    is never rewritten)."""
+    if not name.endswith(".jsonl"):
+        raise ValueError(f"append_record({name!r}): a log's name ends in .jsonl")
     path = RESULTS / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        f.write(json.dumps({"machine": machine(), **record}) + "\n")
+        f.write(json.dumps(stamp(record)) + "\n")
     return path

@@ -284,7 +284,8 @@ def run(args: argparse.Namespace) -> None:
         "ultralytics": predicted["ultralytics"], "model": f"{MODEL} (random initialisation)", "imgsz": IMGSZ,
         "batch": BATCH, "optimizer": "auto", "minutes": args.minutes, "threads": args.threads,
         "torch_threads": {"train": trained["torch_threads"], "inference": predicted["torch_threads"]},
-        "machine": machine(threads=trained["torch_threads"]),  # the peer's threads, not this process's
+        # "machine" is stamped with this process's threads; the peer trained with its own.
+        "work_machine": machine(threads=trained["torch_threads"]),
         "epochs": trained["epochs_done"], "train_loop_min": round(trained["train_loop_s"] / 60, 2),
         "train_wall_min": round(trained["train_wall_s"] / 60, 2),
         "ultralytics_own_best_metrics": trained["ultralytics_best_metrics"],

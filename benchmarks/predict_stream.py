@@ -76,7 +76,7 @@ def main() -> None:
         print(f"{row['images']:5d} images: {row['seconds']:6.1f} s ({row['images_per_s']:.1f} images/s), "
               f"{row['detections']} detections, peak memory {row['peak_rss_mb']:.0f} MB")
     print(f"machine: {machine()}")
-    write_result("predict_stream", {"machine": machine(), "rows": rows})
+    print(f"wrote {write_result('predict_stream.json', {'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ Each loop does one untimed warm-up iteration, then ``--iters`` timed ones, the t
 turns (a b, b a, a b, ...) so machine drift falls on both alike. Prints a Markdown table (wall and
 CPU seconds per iteration, images/s) and segtune's images/s over the plain loop's: from the totals,
 the median of the per-iteration ratios (both loops see the same batch in an iteration) and from CPU
-time; writes benchmarks/results/train_throughput.json.
+time; writes benchmarks/results/train_throughput.json (``--recipe cpu-scratch``:
+train_throughput-cpu-scratch.json; ``--tag T``: train_throughput-T.json, so a variant such as
+``--amp none`` keeps the default's file).
 """
 
 from __future__ import annotations
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=3, help="timed iterations of each loop (after 1 warm-up each)")
     parser.add_argument("--amp", default=None, help="segtune's train.amp (default: segtune's default)")
     parser.add_argument("--memory-format", default=None, help="segtune's train.memory_format (default: its default)")
+    parser.add_argument("--tag", help="names the results file train_throughput-TAG.json (default: by the recipe)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("segtune.train").setLevel(logging.INFO)  # the "number formats" line
@@ -230,7 +233,8 @@ def main() -> None:
               "cpu_s_per_iter": cpu, "images_per_s": rate, "segtune_over_plain": ratio,
               "segtune_over_plain_median_per_iteration": median_pairwise,
               "segtune_over_plain_cpu_time": cpu_ratio}
-    OUT = write_result(NAME if args.recipe == "tutorial" else f"train_throughput-{args.recipe}.json", result)
+    tag = args.tag or (None if args.recipe == "tutorial" else args.recipe)
+    OUT = write_result(f"train_throughput-{tag}.json" if tag else NAME, result)
     print(f"\nsegtune's number formats: {result['segtune_settings']}")
     print(f"\n| loop | s/iter (batch {batch}, {cfg.model.min_size} px) | CPU s/iter | images/s |")
     print("|---|---|---|---|")

@@ -26,7 +26,9 @@ def test_small_objects_in_large_images_get_a_larger_input_and_the_stride4_level(
     # 12-px objects in 2000x1500 images: at 320 px they would be about 2.6 px.
     s = shapes([(12 + k % 5, 12 + k % 7, 2000, 1500) for k in range(200)])
     min_size, max_size, why = fit_input_size(s, 320, 512)
-    assert min_size == 1024 and max_size == round(1024 * 1.6)
+    # Even at the largest size, 1024, the objects are still 12 x 1024 / 1500 = 8 px (and the 1500-px shorter
+    # side allows inputs up to 3000): 1024, with the recipe's 512 / 320 = 1.6 kept: 1024 x 1.6 = 1638.4 -> 1638.
+    assert min_size == 1024 and max_size == 1638
     assert "under 16 px" in why  # still small at the largest size tried: said
     sizes, ratios, levels, why = fit_anchors(s, min_size, max_size, 3, [32, 64, 128, 256], [1.0, 2.0, 3.0])
     assert levels == 4 and len(sizes) == 5 and sizes[0] <= 12  # objects of about 10 px at the input
@@ -63,6 +65,8 @@ def test_busy_images_get_more_detections_but_the_same_roi_sample(tmp_path) -> No
     calm, _ = fit_detections(shapes([(50, 50, 640, 480)] * 10, [3] * 10), cfg.model)
     assert calm["model.box_detections_per_img"] == cfg.model.box_detections_per_img  # never below the recipe's
     busy, why = fit_detections(shapes([(20, 20, 640, 480)] * 10, [150] + [60] * 9), cfg.model)
+    # At most 150 instances in one image: 1.5 x 150 = 225 detections, proposals twice that, 2 x 225 = 450
+    # (both above cpu-scratch's 100 and 150).
     assert busy["model.box_detections_per_img"] == 225
     assert busy["model.rpn_post_nms_top_n_test"] == 450 and busy["model.rpn_pre_nms_top_n_test"] >= 450
     assert "model.box_batch_size_per_image" not in busy  # training's cost stays the recipe's
