@@ -148,6 +148,14 @@ def fake_training_clock(monkeypatch: pytest.MonkeyPatch):
     return install
 
 
+@pytest.fixture(scope="session")
+def detector(tmp_path_factory: pytest.TempPathFactory):
+    """A Mask R-CNN run that finds what it should (tests/detector.py), trained once per session."""
+    from tests.detector import train_detector
+
+    return train_detector(tmp_path_factory.mktemp("detector"))
+
+
 @pytest.fixture
 def mask_folder(tmp_path: Path) -> Path:
     return make_mask_folder(tmp_path / "data")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -16,132 +17,145 @@ from PIL import Image
 from segtune.cli.main import main
 from segtune.evaluation import STAT_NAMES
 from tests.conftest import TINY_MODEL
+from tests.detector import (BOX_COLOUR, CLASSES, DISC_COLOUR, MIN_AP, MIN_AP50, STEPS, Detector, found,
+                            shapes_image, truth)
 
 
 def tiny_flags() -> list[str]:
     return [f"{k}={v}" for k, v in TINY_MODEL.items()]
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from tests.conftest import make_mask_folder
-
-    root = tmp_path_factory.mktemp("e2e")
-    data = make_mask_folder(root / "data", n=6)
-    run = root / "runs" / "tiny"
-    code = main(["train", "--data", str(data), "--out", str(run), "--epochs", "2", "--test-size", "2",
-                 "--max-iters-per-epoch", "2", "--classes", "box", "--print-freq", "1", *tiny_flags()])
-    assert code == 0
-    return data, run
+def test_the_test_detector_finds_the_shapes(detector: Detector) -> None:
+    """The session's trained model (tests/detector.py) is what the checks below rely on: it detects."""
+    for kind in ("bbox", "segm"):
+        assert detector.metrics[kind]["AP50"] >= MIN_AP50 and detector.metrics[kind]["AP"] >= MIN_AP, \
+            (kind, detector.metrics[kind])
 
 
-def test_train_writes_a_complete_run_folder(trained_run: tuple[Path, Path]) -> None:
-    data, run = trained_run
+def test_train_writes_a_complete_run_folder(detector: Detector) -> None:
+    run = detector.run
     for name in ("config.yaml", "split.json", "train.log", "metrics.json", "metrics.csv", "weights/last.pt",
                  "weights/best.pt"):
         assert (run / name).is_file(), name
     split = json.loads((run / "split.json").read_text())
-    assert len(split["test"]) == 2 and len(split["train"]) == 4
+    assert len(split["test"]) == 4 and len(split["train"]) == 12
     assert not set(split["test"]) & set(split["train"])
     history = json.loads((run / "metrics.json").read_text())
-    assert [r["epoch"] for r in history] == [0, 1]
-    for record in history:
-        assert set(record["metrics"]) == {"bbox", "segm"}
-        assert list(record["metrics"]["segm"]) == list(STAT_NAMES)
-        assert record["train"]["iters"] == 2 and record["train"]["loss"] > 0
+    assert [r["epoch"] for r in history] == [0]
+    assert set(history[0]["metrics"]) == {"bbox", "segm"}
+    assert list(history[0]["metrics"]["segm"]) == list(STAT_NAMES)
+    assert history[0]["train"]["iters"] == STEPS and history[0]["train"]["loss"] > 0
+    assert set(history[0]["per_class"]["segm"]) == {"box", "disc"}
     with (run / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and "segm/AP" in rows[0] and "bbox/AR100" in rows[0] and "train/loss_mask" in rows[0]
+    assert len(rows) == 1 and "segm/AP" in rows[0] and "bbox/AR100" in rows[0] and "train/loss_mask" in rows[0]
+    assert float(rows[0]["segm/AP"]) == pytest.approx(history[0]["metrics"]["segm"]["AP"], abs=1e-4)
     log = (run / "train.log").read_text()
-    assert "Epoch: [0]  [1/2]" in log and "eta:" in log and "max mem:" in log and "loss_classifier" in log
+    assert f"Epoch: [0]  [ 50/{STEPS}]" in log and "eta:" in log and "max mem:" in log and "loss_classifier" in log
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in log
     assert "random initialisation" in log
     # No temporary files left behind by the atomic writes.
     assert not [p for p in run.rglob("*.tmp")]
 
 
-def test_checkpoints_load_with_weights_only(trained_run: tuple[Path, Path]) -> None:
-    _, run = trained_run
-    last = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=True)
-    best = torch.load(run / "weights" / "best.pt", map_location="cpu", weights_only=True)
-    assert last["epoch"] == 2 and last["step"] == 4 and last["classes"] == ["box"]
+def test_checkpoints_load_with_weights_only(detector: Detector) -> None:
+    last = torch.load(detector.run / "weights" / "last.pt", map_location="cpu", weights_only=True)
+    best = torch.load(detector.best, map_location="cpu", weights_only=True)
+    assert last["epoch"] == 1 and last["step"] == STEPS and last["classes"] == CLASSES
     assert "optimizer" in last and "scheduler" in last and "optimizer" not in best
     assert last["config"]["model"]["min_size"] == 64
-    assert best["split"] == json.loads((run / "split.json").read_text())
+    assert best["split"] == json.loads((detector.run / "split.json").read_text())
 
 
-def test_config_yaml_repeats_the_run_settings(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_config_yaml_repeats_the_run_settings(detector: Detector) -> None:
     from segtune.config import build_config, flatten, load_yaml
 
-    _, run = trained_run
-    cfg = build_config(("saved", flatten(load_yaml(run / "config.yaml"))))
-    assert cfg.model.min_size == 64 and cfg.train.epochs == 2 and cfg.data.classes == ["box"]
+    cfg = build_config(("saved", flatten(load_yaml(detector.run / "config.yaml"))))
+    assert cfg.model.min_size == 64 and cfg.train.epochs == 1 and cfg.train.max_iters_per_epoch == STEPS
+    assert cfg.data.class_map == str(detector.data / "classes.yaml")
 
 
-def test_evaluate_reuses_the_saved_split(trained_run: tuple[Path, Path], tmp_path: Path,
+def test_evaluate_reuses_the_saved_split(detector: Detector, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    _, run = trained_run
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(run / "weights" / "best.pt"), "--out", str(out)]) == 0
+    assert main(["evaluate", str(detector.best), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "2 test images" in printed and "segm AP" in printed
+    assert "4 test images" in printed and "segm AP" in printed
     saved = json.loads(out.read_text())
-    assert saved["num_images"] == 2
-    best = torch.load(run / "weights" / "best.pt", weights_only=True)
-    # Same model, same split: the same numbers as training's evaluation of that epoch.
-    assert saved["metrics"]["segm"]["AP"] == pytest.approx(best["metrics"]["segm"]["AP"], abs=1e-9)
-    assert saved["metrics"]["bbox"]["AR100"] == pytest.approx(best["metrics"]["bbox"]["AR100"], abs=1e-9)
+    assert saved["num_images"] == 4
+    # Same model, same split: the same numbers as training's evaluation, and they are those of a model that detects.
+    for kind in ("bbox", "segm"):
+        assert saved["metrics"][kind]["AP"] == pytest.approx(detector.metrics[kind]["AP"], abs=1e-9)
+        assert saved["metrics"][kind]["AR100"] == pytest.approx(detector.metrics[kind]["AR100"], abs=1e-9)
+        assert saved["metrics"][kind]["AP50"] >= MIN_AP50
 
 
-def test_predict_on_files_folders_and_globs(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
-    data, run = trained_run
-    images = data / "PNGImages"
+def _detections(results: list[dict], file_name: str, min_score: float = 0.5) -> list[tuple[str, list[float]]]:
+    return [(r["category_name"], [r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2], r["bbox"][1] + r["bbox"][3]])
+            for r in results if Path(r["file_name"]).name == file_name and r["score"] >= min_score]
+
+
+def test_predict_on_files_folders_and_globs(detector: Detector, tmp_path: Path) -> None:
+    images = detector.data / "PNGImages"
     out = tmp_path / "preds"
-    code = main(["predict", str(run), str(images / "img001.png"), str(images), str(images / "img00[45].png"),
-                 "--out", str(out), "--score-threshold", "0.0"])
+    code = main(["predict", str(detector.run), str(images / "im01.png"), str(images), str(images / "im0[45].png"),
+                 "--out", str(out)])
     assert code == 0
     pictures = sorted(p.name for p in out.glob("*.png"))
-    # 1 file + 6 in the folder + 2 from the glob; repeated stems get a numbered name.
-    assert len(pictures) == 9 and "img001.png" in pictures and "img001-2.png" in pictures
-    with Image.open(out / "img003.png") as pic, Image.open(images / "img003.png") as src:
+    # 1 file + 16 in the folder + 2 from the glob; repeated stems get a numbered name.
+    assert len(pictures) == 19 and "im01.png" in pictures and "im01-2.png" in pictures
+    with Image.open(out / "im03.png") as pic, Image.open(images / "im03.png") as src:
         assert pic.size == src.size and pic.mode == "RGB"
+        assert pic.tobytes() != src.convert("RGB").tobytes()  # something was drawn on it
     results = json.loads((out / "predictions.json").read_text())
-    assert isinstance(results, list)
     for entry in results:
         assert {"image_id", "category_id", "bbox", "score", "segmentation", "file_name"} <= set(entry)
-        assert entry["category_name"] == "box" and len(entry["bbox"]) == 4
+        assert entry["category_name"] in CLASSES and len(entry["bbox"]) == 4
+    # The test images (never trained on): both shapes found, each by its own class.
+    for image in detector.test_images:
+        assert all(found(truth(image), _detections(results, image.name))), (image.name, truth(image))
+    assert not _detections(results, "im00.png")  # the empty image: nothing above 0.5
 
 
-def test_predict_split_and_python_api(trained_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_predict_split_and_python_api(detector: Detector, tmp_path: Path) -> None:
     import segtune
 
-    data, run = trained_run
-    assert main(["predict", str(run / "weights" / "best.pt"), "--split", "test", "--out", str(tmp_path)]) == 0
-    assert len(list(tmp_path.glob("*.png"))) == 2
-    predictor = segtune.Predictor.from_checkpoint(run, score_threshold=0.0)
-    with Image.open(data / "PNGImages" / "img002.png") as img:
+    assert main(["predict", str(detector.best), "--split", "test", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(p.name for p in detector.test_images)
+    predictor = segtune.Predictor.from_checkpoint(detector.run, score_threshold=0.5)
+    image, objects = shapes_image(tmp_path / "other.png", seed=7, size=(64, 96))  # a new image, another size
+    with Image.open(image) as img:
         pred = predictor(img.convert("RGB"))
-    assert pred.boxes.shape[1:] == (4,) and len(pred.scores) == len(pred.names)
-    assert pred.masks is not None and pred.masks.shape[1:] == (72, 96)
-    assert pred.draw().shape == (3, 72, 96)
+    assert set(pred.names) == {"box", "disc"}
+    assert all(found(objects, list(zip(pred.names, pred.boxes.tolist()))))
+    assert pred.masks is not None and pred.masks.shape[1:] == (64, 96)
+    pixels = torch.from_numpy(np.array(Image.open(image)))
+    for name, colour in (("box", BOX_COLOUR), ("disc", DISC_COLOUR)):
+        mask = pred.masks[pred.names.index(name)]  # the class's best detection (they come by score)
+        shape = (pixels == torch.tensor(colour)).all(-1)
+        overlap = (mask & shape).sum() / (mask | shape).sum()
+        assert overlap > 0.6, (name, overlap)  # the mask lies on its shape
+    drawn = pred.draw()
+    assert drawn.shape == (3, 64, 96) and not torch.equal(drawn, pred.image)
     # A path and a grayscale image work too.
-    assert len(predictor(data / "PNGImages" / "img002.png")) == len(pred)
+    assert len(predictor(image)) == len(pred)
     predictor(Image.new("L", (40, 30)))
 
 
-def test_predict_and_evaluate_with_amp_bf16(trained_run: tuple[Path, Path], tmp_path: Path,
+def test_predict_and_evaluate_with_amp_bf16(detector: Detector, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     import segtune
 
-    data, run = trained_run
+    run, image = detector.run, detector.test_images[0]
     out = tmp_path / "eval.json"
     capsys.readouterr()
     assert main(["evaluate", str(run), "--amp", "bf16", "--out", str(out)]) == 0
     assert "number formats: bf16 autocast, channels-last weights" in capsys.readouterr().err
-    assert set(json.loads(out.read_text())["metrics"]) == {"bbox", "segm"}
-    assert main(["predict", str(run), str(data / "PNGImages" / "img002.png"), "--amp", "bf16", "--score-threshold",
-                 "0.0", "--out", str(tmp_path / "preds")]) == 0
-    assert (tmp_path / "preds" / "img002.png").is_file()
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"bbox", "segm"} and metrics["bbox"]["AP50"] >= MIN_AP50  # bf16 still finds them
+    assert main(["predict", str(run), str(image), "--amp", "bf16", "--out", str(tmp_path / "preds")]) == 0
+    results = json.loads((tmp_path / "preds" / "predictions.json").read_text())
+    assert all(found(truth(image), _detections(results, image.name)))
     bf16 = segtune.Predictor.from_checkpoint(run, amp="bf16")
     conv = next(m for m in bf16.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -149,7 +163,7 @@ def test_predict_and_evaluate_with_amp_bf16(trained_run: tuple[Path, Path], tmp_
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not read")
     capsys.readouterr()
-    assert main(["predict", str(onnx), str(data / "PNGImages" / "img002.png"), "--amp", "bf16"]) == 2
+    assert main(["predict", str(onnx), str(image), "--amp", "bf16"]) == 2
     assert main(["evaluate", str(onnx), "--amp", "auto"]) == 2
     err = capsys.readouterr().err
     assert err.count("runs as it was exported") == 2 and "Traceback" not in err
