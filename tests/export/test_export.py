@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,28 +18,22 @@ from segtune.export import compare, export_model
 from segtune.fileio import current_umask
 from segtune.predict import Predictor
 from tests.conftest import make_mask_folder, short_run_settings
+from tests.detector import CLASSES, Detector, found, shapes_image
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Mask R-CNN trained for a few steps on synthetic images of two sizes (so it detects something)."""
-    root = tmp_path_factory.mktemp("export")
-    data = make_mask_folder(root / "data", n=10)
-    cfg = configure(("test", short_run_settings(data, root / "run", **{
-        "data.test_size": 3, "train.max_iters_per_epoch": 4, "train.report": False})))
-    return train(cfg).run_dir
+def run_dir(detector: Detector, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the session's trained Mask R-CNN run (tests/detector.py): it finds the shapes, and its
+    GroupNorm heads are those of segtune's CPU recipe. A copy, as these tests write exports beside it."""
+    return Path(shutil.copytree(detector.run, tmp_path_factory.mktemp("export") / "run"))
 
 
 def _images(tmp_path: Path) -> list[Path]:
-    rng = np.random.default_rng(1)
-    paths = []
-    for k, (h, w) in enumerate([(72, 96), (120, 80), (61, 143)]):
-        pixels = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
-        pixels[10:40, 12:50] = (200, 90, 40)
-        paths.append(tmp_path / f"im{k}.png")
-        Image.fromarray(pixels).save(paths[-1])
-    paths.append(tmp_path / "blank.png")  # an image with nothing on it
-    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(paths[-1])
+    """Images like the detector's of three sizes (each with a box and a disc), then one with nothing on it."""
+    paths = [shapes_image(tmp_path / f"im{k}.png", seed=k, size=size)[0]
+             for k, size in enumerate([(64, 64), (64, 96), (64, 123)])]
+    paths.append(tmp_path / "blank.png")
+    Image.fromarray(np.full((64, 64, 3), 30, dtype=np.uint8)).save(paths[-1])
     return paths
 
 
@@ -49,7 +44,7 @@ def test_an_exported_model_gives_the_eager_detections(run_dir: Path, tmp_path: P
     assert result.path == out and out.is_file() and result.parity.ok, result.parity.problems
     assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # the usual permissions, not mkstemp's 0600
     meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
-    assert meta["classes"] == ["pedestrian"] and meta["format"] == fmt and meta["outputs"][-1] == "masks"
+    assert meta["classes"] == CLASSES and meta["format"] == fmt and meta["outputs"][-1] == "masks"
     eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0)
     exported = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.0)
     compared = 0
@@ -60,6 +55,26 @@ def test_an_exported_model_gives_the_eager_detections(run_dir: Path, tmp_path: P
         assert parity.ok, (path.name, parity.problems)
         compared += parity.matched
     assert compared > 0  # the check compared real detections, not only empty sets
+    for k, size in enumerate([(64, 64), (64, 96)]):  # and the file finds what it should
+        image, objects = shapes_image(tmp_path / f"check{k}.png", seed=20 + k, size=size)
+        pred = exported(image)
+        confident = [(n, b) for n, b, s in zip(pred.names, pred.boxes.tolist(), pred.scores.tolist()) if s >= 0.5]
+        assert all(found(objects, confident)), (image.name, objects, confident)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_file_that_keeps_no_detection_returns_none(run_dir: Path, tmp_path: Path, fmt: str) -> None:
+    """With the score threshold baked in, an image on which no detection passes it gives empty outputs, not
+    an error inside the runtime (the GroupNorm mask head reshapes its input by groups: 0 RoIs included)."""
+    out = tmp_path / f"m.{fmt}"
+    assert main(["export", str(run_dir), "--format", fmt, "--out", str(out), "--exporter", "legacy",
+                 "--score-threshold", "0.5"]) == 0
+    exported = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.5)
+    blank = _images(tmp_path)[-1]
+    pred = exported(blank)
+    assert len(pred) == 0 and pred.masks is not None and pred.masks.shape == (0, 64, 64)
+    image, objects = shapes_image(tmp_path / "shapes.png", seed=5)
+    assert all(found(objects, list(zip(exported(image).names, exported(image).boxes.tolist()))))
 
 
 def test_an_exported_model_evaluates_as_its_checkpoint_does(run_dir: Path, tmp_path: Path) -> None:

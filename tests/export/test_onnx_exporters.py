@@ -13,19 +13,22 @@ import pytest
 from PIL import Image
 
 from segtune.cli.main import main
-from tests.conftest import make_mask_folder, short_run_settings
-from tests.toy_model import toy_registered, train_toy
+from tests.detector import Detector
+from tests.toy_model import ToySegmenter, toy_registered, train_toy
 
 
-@pytest.fixture(scope="module")
-def rcnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Mask R-CNN trained for two steps: the dynamo exporter fails on torchvision's R-CNNs."""
-    from segtune.engine import configure, train
+@pytest.fixture
+def branchy_toy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toy model with a Python branch on its input's values: torch's dynamo exporter cannot export it (a
+    guard on a data-dependent value), the TorchScript-based exporter traces the branch taken."""
+    plain = ToySegmenter._logits
 
-    root = tmp_path_factory.mktemp("onnx-rcnn")
-    data = make_mask_folder(root / "data", n=6)
-    cfg = configure(("test", short_run_settings(data, root / "run", **{"data.test_size": 2, "train.report": False})))
-    return train(cfg).run_dir
+    def logits(self, image):
+        if image.mean() < 0:  # never true for an image, but dynamo must guard on it
+            image = -image
+        return plain(self, image)
+
+    monkeypatch.setattr(ToySegmenter, "_logits", logits)
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +46,13 @@ def _image(path: Path, size: tuple[int, int]) -> Path:
     return path
 
 
-def test_auto_falls_back_to_the_torchscript_exporter_with_a_note_and_the_asked_opset(rcnn_run: Path, tmp_path: Path,
-                                                                                      capsys) -> None:
+def test_auto_takes_the_torchscript_exporter_at_once_for_torchvision_detectors_with_the_asked_opset(
+        detector: Detector, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m.onnx"
-    assert main(["export", str(rcnn_run), "--out", str(out), "--opset", "16"]) == 0  # --exporter auto: the default
+    assert main(["export", str(detector.run), "--out", str(out), "--opset", "16"]) == 0  # --exporter auto: the default
     printed = capsys.readouterr().out
-    notes = [line for line in printed.splitlines() if line.startswith("note: dynamo exporter failed (")]
-    assert len(notes) == 1 and notes[0].endswith("; used the TorchScript-based one"), printed
+    notes = [line for line in printed.splitlines() if line.startswith("note:")]
+    assert notes == ["note: the TorchScript-based exporter (torch's dynamo exporter does not handle rcnn models)"]
     assert "torchscript-onnx exporter" in printed and "parity passed" in printed
     meta = json.loads((tmp_path / "m.onnx.json").read_text())
     assert meta["exporter"] == "torchscript-onnx" and meta["opset"] == 16
@@ -61,10 +64,24 @@ def test_auto_falls_back_to_the_torchscript_exporter_with_a_note_and_the_asked_o
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # no temporary left
 
 
-def test_dynamo_asked_where_it_fails_is_an_error_in_one_line_and_leaves_no_file(rcnn_run: Path, tmp_path: Path,
-                                                                              capsys) -> None:
+def test_auto_falls_back_to_the_torchscript_exporter_with_a_note(toy_run, branchy_toy, tmp_path: Path,
+                                                                  capsys) -> None:
+    data, run = toy_run
     out = tmp_path / "m.onnx"
-    assert main(["export", str(rcnn_run), "--out", str(out), "--exporter", "dynamo"]) == 1  # ExportError
+    assert main(["export", str(run), "--out", str(out)]) == 0  # --exporter auto
+    printed = capsys.readouterr().out
+    notes = [line for line in printed.splitlines() if line.startswith("note: dynamo exporter failed (")]
+    assert len(notes) == 1 and notes[0].endswith("; used the TorchScript-based one"), printed
+    assert "torchscript-onnx exporter" in printed and "parity passed" in printed
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["exporter"] == "torchscript-onnx"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.json"]  # no temporary left
+
+
+def test_dynamo_asked_where_it_fails_is_an_error_in_one_line_and_leaves_no_file(toy_run, branchy_toy,
+                                                                              tmp_path: Path, capsys) -> None:
+    data, run = toy_run
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(run), "--out", str(out), "--exporter", "dynamo"]) == 1  # ExportError
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("segtune: error:")]
     assert len(errors) == 1 and "the dynamo ONNX exporter fails on this model: " in errors[0], captured.err

@@ -25,8 +25,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--out", help="the file to write (default: beside the checkpoint, e.g. weights/best.onnx)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET})")
     p.add_argument("--exporter", choices=["auto", "dynamo", "legacy"], default="auto",
-                   help="ONNX: auto (the dynamo exporter, else the TorchScript-based one), dynamo, or legacy "
-                   "(TorchScript-based only)")
+                   help="ONNX: auto (the dynamo exporter, else the TorchScript-based one; torchvision's detectors "
+                   "go straight to the latter), dynamo, or legacy (TorchScript-based only)")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="the file drops detections scoring below this itself, before computing their masks: "
                    "faster prediction (e.g. 0.5, predict's default), but COCO evaluation of the file then sees "

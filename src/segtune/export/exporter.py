@@ -140,7 +140,8 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
         if not has_min_score(model):
             raise ConfigError(f"{name}: has no score threshold inside it to set")
         set_min_score(model, score_threshold)
-    family_of(model).ready_for_export(model, fmt)
+    family = family_of(model)
+    family.ready_for_export(model, fmt)
     generator = torch.Generator().manual_seed(0)
     sample = torch.rand(3, *sample_size, generator=generator)
     # A second image of another shape: a file that took the sample's size as fixed fails on it.
@@ -148,6 +149,10 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
     with torch.inference_mode():
         reference, other_reference = model([sample])[0], model([other])[0]
     request = ExportRequest(outputs=output_names(model, reference), opset=opset, exporter=exporter)
+    if fmt == "onnx" and exporter == "auto" and not family.dynamo_onnx:
+        request.exporter = "legacy"
+        request.notes.append(f"the TorchScript-based exporter (torch's dynamo exporter does not handle {family.name} "
+                             f"models)")
     start = time.perf_counter()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)

@@ -38,12 +38,15 @@ class ModelFamily:
         heads: state-dict key prefixes of the class-specific layers and optional heads (the loading rule's
             data, :mod:`segtune.models.loading`); None where whole-model weights are never loaded.
         exports: the exported formats the family's models can be written as (see ``segtune.runtimes``).
+        dynamo_onnx: False where torch's dynamo ONNX exporter is known to fail on the family's models:
+            ``--exporter auto`` then takes the TorchScript-based exporter at once, not after a failed try.
     """
 
     name = "detector"
     model_types: tuple[type, ...] = ()
     heads: HeadKeys | None = None
     exports: tuple[str, ...] = ("onnx", "torchscript")
+    dynamo_onnx = True
 
     def outputs(self, model: nn.Module) -> tuple[str, ...]:
         """The keys of each image's answer in eval mode, in :data:`OUTPUT_ORDER`."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
@@ -35,8 +36,29 @@ class _EvalResizeInDouble(GeneralizedRCNNTransform):
         return image, target
 
 
+class _GroupNormOfAnyBatch(nn.GroupNorm):
+    """GroupNorm that exports to ONNX for a batch of 0 (an R-CNN head's RoIs when nothing passes the score
+    threshold). torch's ONNX export reshapes the input to ``[N, groups, -1]``, which ONNX Runtime cannot
+    resolve when N is 0. Here nothing is reshaped: each channel's statistics are averaged over its group by a
+    constant block matrix. The same numbers as ``nn.GroupNorm`` (written by hand: no library offers this
+    export-side variant). Inference only: on the export's copy of the model."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels = self.num_channels
+        group = torch.arange(channels, device=x.device) // (channels // self.num_groups)
+        average = (group[:, None] == group[None, :]).to(x.dtype) / (channels // self.num_groups)  # [C, C]
+        centred = x - (x.mean((2, 3)) @ average)[:, :, None, None]
+        var = centred.pow(2).mean((2, 3)) @ average
+        out = centred * (var + self.eps).rsqrt()[:, :, None, None]
+        return out * self.weight[None, :, None, None] + self.bias[None, :, None, None] if self.affine else out
+
+
 class TorchvisionDetector(ModelFamily):
     """What torchvision's detectors share: ``GeneralizedRCNNTransform`` resizes and normalises inside."""
+
+    # The dynamo exporter fails inside torchvision's batched_nms on a data-dependent size (pytorch/vision#9321),
+    # after minutes of tracing: --exporter auto goes straight to the TorchScript-based exporter.
+    dynamo_onnx = False
 
     def input_spec(self, model: nn.Module) -> dict[str, Any]:
         transform = getattr(model, "transform", None)
@@ -46,8 +68,14 @@ class TorchvisionDetector(ModelFamily):
                 "image_std": list(getattr(transform, "image_std", ()) or ())}
 
     def ready_for_export(self, model: nn.Module, fmt: str) -> None:
+        # Both on the export's own copy of the model.
         if fmt == "torchscript" and type(model.transform) is GeneralizedRCNNTransform and model.transform.fixed_size is None:
-            model.transform.__class__ = _EvalResizeInDouble  # on the export's own copy of the model
+            model.transform.__class__ = _EvalResizeInDouble
+        heads = getattr(model, "roi_heads", None)  # RoI heads see a batch of 0 on an image with no detection
+        if fmt == "onnx" and heads is not None:
+            for module in heads.modules():
+                if type(module) is nn.GroupNorm:
+                    module.__class__ = _GroupNormOfAnyBatch
 
 
 class RCNNFamily(TorchvisionDetector):
