@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from segtune.cli.main import main
-from segtune.predict import Predictor
+from segtune.predict import Predictor, split_images
 from segtune.predict.writer import predict_to_folder
 from tests.conftest import TINY_MODEL
 
@@ -107,8 +107,13 @@ def test_train_detects_the_format_and_takes_its_classes(tmp_path: Path, fmt: str
     test_files = json.loads((run / "split.json").read_text())["test"]
     assert main(["predict", str(run), "--split", "test", "--out", str(tmp_path / "preds"), "--device", "cpu"]) == 0
     assert sorted(p.name for p in (tmp_path / "preds").glob("*.png")) == sorted(Path(f).stem + ".png" for f in test_files)
-    results = json.loads((tmp_path / "preds" / "predictions.json").read_text())
-    assert {Path(r["file_name"]).name for r in results} <= {Path(f).name for f in test_files}
+    # and its predictions name them: a stand-in model that detects on every image (one step of training
+    # detects nothing) gives two entries per test image, each naming its file.
+    predictor = Predictor.from_checkpoint(run, device="cpu")
+    predictor.model = _FixedDetector()
+    summary = predict_to_folder(predictor, [str(p) for p in split_images(run, "test")], tmp_path / "fixed")
+    named = [Path(r["file_name"]).name for r in json.loads(summary.results_file.read_text())]
+    assert sorted(named) == sorted(Path(f).name for f in test_files for _ in range(2))
     # The same data named explicitly with --format trains too.
     assert _train(data, tmp_path / "run2", "--format", fmt) == 0
 
