@@ -91,7 +91,18 @@ def checkpoint_data(ckpt: dict[str, Any], data: str | None = None, split: str = 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` (plus format and version keys) to ``path`` via a temporary file and a rename."""
     payload = {"format_version": FORMAT_VERSION, "segtune_version": __version__, **state}
-    return atomic_write(path, lambda f: torch.save(payload, f), binary=True)
+    return atomic_write(path, lambda f: torch.save(payload, f), binary=True, size_hint=_tensor_bytes(payload))
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of the tensors in ``value`` (nested dicts and lists): about a checkpoint's size on disk."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

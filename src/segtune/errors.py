@@ -61,6 +61,12 @@ class ExportError(SegtuneError):
     exit_code = 1
 
 
+class WriteError(SegtuneError):
+    """A file cannot be written (a full disk, a quota, a read-only folder); the file it replaces is kept."""
+
+    exit_code = 1
+
+
 class EvaluationError(SegtuneError):
     """Detections cannot be scored against the ground truth (ids that are not in it)."""
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from segtune.errors import ConfigError
+from segtune.errors import ConfigError, WriteError
 
 
 def current_umask() -> int:
@@ -41,10 +43,42 @@ def make_folder(path: str | os.PathLike, *, what: str = "output folder") -> Path
     return path
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False) -> Path:
+#: Write failures that are the disk's, not the program's: said in one line naming the path.
+_DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EFBIG: "file too large for the file system", errno.EROFS: "read-only file system",
+                errno.EIO: "input/output error"}
+
+
+def _disk_error(error: BaseException) -> OSError | None:
+    """The OSError of a full disk (or another of _DISK_ERRORS) behind ``error``: torch.save, for one, reports
+    it as a RuntimeError ("unexpected pos ...") whose context is the OSError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _write_error(path: Path, error: OSError, written: int, size_hint: int | None) -> WriteError:
+    needed = max(written, size_hint or 0)
+    try:
+        free = f", {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there now"
+    except OSError:
+        free = ""
+    size = f"{needed / 2**20:.1f} MB" if needed >= 2**20 else f"{max(needed, 1) / 2**10:.0f} kB"
+    return WriteError(f"{path}: {_DISK_ERRORS[error.errno]} (needed about {size}{free}); "
+                      f"{'the previous file is kept' if path.exists() else 'nothing was written'}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False,
+                 size_hint: int | None = None) -> Path:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it over ``path``.
 
-    If ``write`` raises, the temporary file is removed and ``path`` is left as it was.
+    If ``write`` raises, the temporary file is removed and ``path`` is left as it was. A full disk (or a
+    quota, a read-only file system, an I/O error) becomes a :class:`WriteError` naming ``path`` and about
+    how many bytes were needed (``size_hint``, or what was written before it failed).
     """
     path = Path(path)
     make_folder(path.parent, what=f"folder of {path.name}")
@@ -56,11 +90,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binar
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
+            written = os.path.getsize(tmp)
             os.unlink(tmp)
         except FileNotFoundError:
-            pass
+            written = 0
+        disk = _disk_error(e)
+        if disk is not None:
+            raise _write_error(path, disk, written, size_hint) from None
         raise
     return path
 

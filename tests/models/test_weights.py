@@ -158,10 +158,12 @@ def test_offline_default_raises_with_cache_path(offline):
 
 
 @pytest.mark.parametrize("offline", ["patched", "refused"], indirect=True)
-def test_offline_load_pretrained_and_available(offline):
+def test_offline_load_pretrained_and_available(offline, capfd):
     with pytest.raises(WeightsError, match="could not download"):
         load_pretrained(COCO_V1, progress=False)
     assert weights_available(COCO_V1) is False
+    # The quiet probe prints nothing of torch hub's own ("Downloading: ..."): segtune's line says what happened.
+    assert "Downloading" not in capfd.readouterr().err
 
 
 # --- local files ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from segtune.data.coco_json import is_int as _is_int
 from segtune.data.coco_json import (categories_by_id, has_top_level_keys, merge_split_files, not_classes, single_file,
                                     split_files)
 from segtune.data.coco_json import read_json as _read_json
+from segtune.data.polygons import MAX_COORDINATE, is_coordinate
 from segtune.errors import DatasetError
 
 def _key(value: Any) -> int | None:
@@ -36,7 +37,8 @@ def _key(value: Any) -> int | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A coordinate: a finite number (not a bool) within polygons.MAX_COORDINATE pixels of 0."""
+    return is_coordinate(value)
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,11 @@ class CocoDataset(DetectionDataset):
                 if (isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
                         and all(_is_number(v) for v in poly)):
                     good.append(poly)
+                    continue
+                odd = next((v for v in poly if not _is_number(v)), None) if isinstance(poly, list) else None
+                if odd is not None:
+                    self.problem("bad-polygon", where, f"annotation {aid}: polygon {n} has {odd!r:.30}, not a finite "
+                                 f"pixel coordinate (at most {MAX_COORDINATE:g}); dropped")
                     continue
                 got = (f"{len(poly)} numbers" if isinstance(poly, list) else type(poly).__name__)
                 self.problem("bad-polygon", where, f"annotation {aid}: polygon {n} has {got}; a polygon is a flat "

@@ -29,20 +29,45 @@ _QUARTER_TURNS = (5, 6, 7, 8)
 
 Source = str | os.PathLike | bytes
 
+#: The most pixels segtune decodes from one image, unless SEGTUNE_MAX_IMAGE_PIXELS says otherwise
+#: (16384 x 16384; an RGB image that size takes 0.8 GB decoded).
+DEFAULT_MAX_PIXELS = 16384 * 16384
+MAX_PIXELS_VARIABLE = "SEGTUNE_MAX_IMAGE_PIXELS"
+# segtune checks the size from the header itself (_checked) and names the file; Pillow's own check would
+# raise its DecompressionBombError, or warn, at a limit of its choosing.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def max_pixels() -> int:
+    """The pixel limit: ``$SEGTUNE_MAX_IMAGE_PIXELS`` when it is a positive integer, else DEFAULT_MAX_PIXELS."""
+    value = os.environ.get(MAX_PIXELS_VARIABLE, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else DEFAULT_MAX_PIXELS
+
+
+def _checked(img: Image.Image, name: object) -> Image.Image:
+    """``img`` if its header's size is within :func:`max_pixels`, else a DatasetError before any decoding."""
+    width, height = img.size
+    limit = max_pixels()
+    if width * height > limit:
+        img.close()
+        raise DatasetError(f"{name}: {width} x {height} pixels is more than segtune decodes from one image "
+                           f"({limit} pixels; set {MAX_PIXELS_VARIABLE} to allow more)")
+    return img
+
 
 def _open_bytes(data: bytes, name: str | None) -> Image.Image:
     try:
-        return Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError) as e:
+        return _checked(Image.open(io.BytesIO(data)), name or "embedded image")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{name or 'embedded image'}: not a readable image ({e})") from None
 
 
 def _open_path(path: Path) -> Image.Image:
     try:
-        return Image.open(path)
+        return _checked(Image.open(path), path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: not a readable image ({e})") from None
 
 

@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink, relative_name
 from segtune.data.images import load_rgb, read_size
-from segtune.data.polygons import circle_mask, polygons_to_mask, rectangle_polygon
+from segtune.data.polygons import circle_mask, is_coordinate, polygons_to_mask, rectangle_polygon
 from segtune.errors import DatasetError
 
 #: Label names LabelMe's own tools reserve (ignored regions, background); never classes here.
@@ -92,8 +92,7 @@ def _looks_like_labelme(path: Path) -> bool:
 
 
 def _point(value: Any) -> tuple[float, float] | None:
-    if isinstance(value, (list, tuple)) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(is_coordinate(v) for v in value):
         return float(value[0]), float(value[1])
     return None
 

@@ -11,10 +11,22 @@ training uses the COCO way too.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from faster_coco_eval.core import mask as mask_utils
+
+#: The largest coordinate, in pixels, read from an annotation: beyond it a value is a broken annotation, not a
+#: place in an image (the rasteriser walks every pixel of a polygon's edges, so 1e30 or infinity exhausts memory).
+MAX_COORDINATE = 1e6
+
+
+def is_coordinate(value: Any, limit: float = MAX_COORDINATE) -> bool:
+    """True for a number (not a bool) that is finite and at most ``limit`` from 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and abs(value) <= limit
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:

@@ -32,9 +32,12 @@ import torch
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink, relative_name
 from segtune.data.images import IMAGE_EXTENSIONS
-from segtune.data.polygons import polygons_to_mask, rectangle_polygon
+from segtune.data.polygons import is_coordinate, polygons_to_mask, rectangle_polygon
 from segtune.data.yolo_yaml import SPLIT_KEYS, class_names, find_names_file, has_names, read_yaml, split_yaml
 from segtune.errors import DatasetError
+
+#: The largest YOLO coordinate (a fraction of the image size) read as a place rather than a broken number.
+YOLO_LIMIT = 4.0
 
 #: How far a normalised coordinate may stray outside [0, 1] (rounding in converters) before a warning.
 TOLERANCE = 1e-3
@@ -291,8 +294,9 @@ class YoloDataset(DetectionDataset):
                 self.problem("unknown-label", path, f"line {n}: class {int(cls)} is not in the {len(self.classes)} "
                              f"class names of {self.names_file} (0..{len(self.classes) - 1}); instance left out")
                 continue
-            if not all(math.isfinite(v) for v in coords):
-                self.problem("bad-label-file", path, f"line {n}: coordinates must be finite numbers")
+            if not all(is_coordinate(v, YOLO_LIMIT) for v in coords):
+                self.problem("bad-label-file", path, f"line {n}: coordinates must be finite fractions of the image "
+                             f"size (0..1; at most {YOLO_LIMIT:g} from 0)")
                 continue
             if len(coords) == 4:
                 cx, cy, w, h = coords

@@ -157,5 +157,7 @@ def log_run_start(trainer: TrainerView, resumed: str | None) -> None:
                 source, trainer.run_dir / SPLIT_FILE)
     if not resumed:
         warn_if_small(trainer.split, data.test_instance_counts)
-    logger.info("schedule: %d epochs x %d iterations, batch %d%s", trainer.run.epochs, trainer.iters,
-                cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "")
+    logger.info("schedule: %d epochs x %d iterations, batch %d%s%s", trainer.run.epochs, trainer.iters,
+                cfg.train.batch_size, f" x {trainer.dist.world_size} processes" if trainer.dist.world_size > 1 else "",
+                " (an upper bound: fitted to the time limit after the first steps)"
+                if cfg.train.fit_to_time_limit and cfg.train.time_limit and not resumed else "")

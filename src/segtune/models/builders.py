@@ -26,6 +26,7 @@ from segtune.models.backbones import (
     backbone_norm_layer, classification_body, load_backbone_weights, trainable_stages, trunk_of, trunk_stages,
     weights_source,
 )
+from segtune.models.family import family_of
 from segtune.models.heads import mask_hidden_of, replace_heads
 from segtune.models.loading import RCNN_HEADS, HeadKeys, load_detector_state
 from segtune.models.spec import MODELS, ModelSpec
@@ -158,7 +159,12 @@ def build_model(
     name: str, *, num_classes: int, weights: str | None, load_weights: bool = True, **kwargs: Any
 ) -> nn.Module:
     """Build registered model ``name``; ``kwargs`` are its builder's (see :func:`build_detector`)."""
-    return _spec(name).build(num_classes=num_classes, weights=weights, load_weights=load_weights, **kwargs)
+    return _ready(_spec(name).build(num_classes=num_classes, weights=weights, load_weights=load_weights, **kwargs))
+
+
+def _ready(model: nn.Module) -> nn.Module:
+    family_of(model).ready_for_any_input(model)
+    return model
 
 
 def _spec(name: str) -> ModelSpec:
@@ -217,12 +223,12 @@ def build_from_config(
             raise ConfigError("model.init_head_from_coco needs the data set's class names")
         head_rows = parse_coco_mapping(model_cfg.init_head_from_coco, classes,
                                        coco_categories(spec, weights))
-    return spec.build(
+    return _ready(spec.build(
         num_classes=num_classes, weights=weights, load_weights=load_weights,
         weights_backbone=weights_backbone, norm=model_cfg.norm,
         trainable_backbone_layers=model_cfg.trainable_backbone_layers, num_keypoints=num_keypoints,
         head_rows=head_rows, **spec.from_config(model_cfg),
-    )
+    ))
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[nn.Module, Any]:

@@ -69,6 +69,10 @@ class ModelFamily:
         (e.g. boxes decoded in float32); none by default. Returns their handles."""
         return []
 
+    def ready_for_any_input(self, model: nn.Module) -> None:
+        """Settle, once the model is built, what it would otherwise infer from the first image it sees (so
+        an odd first image cannot set it wrongly for the model's life); nothing by default."""
+
     def ready_for_export(self, model: nn.Module, fmt: str) -> None:
         """Change the export's own copy of the model, in place, where format ``fmt`` needs it; nothing by default."""
 

@@ -13,6 +13,8 @@ from torch.nn import functional as F
 from torch.utils.hooks import RemovableHandle
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.poolers import _setup_scales
 
 from segtune.models.family import ModelFamily, register_family
 from segtune.models.loading import DENSE_HEADS, RCNN_HEADS
@@ -102,6 +104,34 @@ class RCNNFamily(TorchvisionDetector):
 
     def precision_hooks(self, model: nn.Module) -> list[RemovableHandle]:
         return [h for h in (keep_boxes_float32(model), keep_heatmaps_contiguous(model)) if h is not None]
+
+    def ready_for_any_input(self, model: nn.Module) -> None:
+        """Set the RoI poolers' feature scales from the backbone's strides on a square image. torchvision's
+        MultiScaleRoIAlign infers them from the first image it pools and keeps them: an elongated first image
+        (a few pixels high after the resize, padded to 32) makes them wrong, and every later image finds nothing."""
+        heads = model.roi_heads
+        poolers = [p for p in (heads.box_roi_pool, getattr(heads, "mask_roi_pool", None),
+                               getattr(heads, "keypoint_roi_pool", None)) if isinstance(p, MultiScaleRoIAlign)]
+        if not poolers:
+            return
+        side = 256  # a multiple of every stride: the scales come out exact powers of two
+        parameter = next(model.backbone.parameters())
+        if parameter.is_meta:  # built only to be counted (segtune models): nothing will be pooled
+            return
+        was_training = model.backbone.training
+        model.backbone.eval()  # no batch statistics updated by this zero image
+        try:
+            with torch.no_grad():
+                features = model.backbone(torch.zeros(1, 3, side, side, dtype=parameter.dtype,
+                                                      device=parameter.device))
+        finally:
+            model.backbone.train(was_training)
+        if isinstance(features, torch.Tensor):  # a one-level backbone, named as torchvision's R-CNN names it
+            features = {"0": features}
+        for pooler in poolers:
+            levels = [value for name, value in features.items() if name in pooler.featmap_names]  # as it pools
+            pooler.scales, pooler.map_levels = _setup_scales(levels, [(side, side)], pooler.canonical_scale,
+                                                             pooler.canonical_level)
 
 
 class DenseFamily(TorchvisionDetector):

@@ -6,6 +6,9 @@ Nothing here downloads behind the user's back without saying where the file goes
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import logging
 import os
 import re
@@ -205,9 +208,12 @@ def load_pretrained(weights: WeightsEnum, *, progress: bool = True, option: str 
         logger.info("loading %s from %s", weights, cached)
         return load_state_dict_file(cached)
     try:
-        return torch.hub.load_state_dict_from_url(
-            weights.url, progress=progress, check_hash=True, map_location="cpu", weights_only=True
-        )
+        # torch hub writes its own "Downloading: <url>" line on stderr before trying; a quiet probe
+        # (progress=False) keeps it off, so the one line the user sees is segtune's, saying what happened.
+        with contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO()):
+            return torch.hub.load_state_dict_from_url(
+                weights.url, progress=progress, check_hash=True, map_location="cpu", weights_only=True
+            )
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         reason = getattr(e, "reason", e)
         raise WeightsError(

@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from segtune.data.images import IMAGE_EXTENSIONS, load_rgb
+from segtune.predict.aspect import cut_to_image, pad_to_aspect
 from segtune.errors import DatasetError
 from segtune.evaluation.coco_eval import detections
 from segtune.models.min_score import min_score_inside
@@ -147,12 +148,15 @@ class Predictor:
     @torch.inference_mode()
     def predict_batch(self, images: Iterable[ImageInput]) -> list[Prediction]:
         tensors = [to_uint8_chw(img) for img in images]
+        padded = [pad_to_aspect(t) for t in tensors]  # a 4 x 3000 image would be 0 px high inside the model
         with min_score_inside(self.model, self.score_threshold), autocast(self.device, self.autocast_dtype):
-            outputs = self.model([t.to(self.device).float() / 255.0 for t in tensors])
+            outputs = self.model([t.to(self.device).float() / 255.0 for t in padded])
         outputs = float_outputs(outputs)
         preds = []
-        for tensor, out in zip(tensors, outputs):
+        for tensor, pad, out in zip(tensors, padded, outputs):
             out = {k: v.cpu() for k, v in out.items()}
+            if pad.shape != tensor.shape:
+                out = cut_to_image(out, *tensor.shape[-2:])
             keep = out["scores"] >= self.score_threshold
             masks = out["masks"][keep, 0] > self.mask_threshold if "masks" in out else None
             labels = out["labels"][keep]
