@@ -226,6 +226,9 @@ def test_the_adaptive_recipe_benchmark_runs_both_ways_and_adds_rows(bench, tmp_p
                                                                    fake_training_clock, capsys):
     """Both ways at one tiny budget on a synthetic set; --add keeps the other way's row; the fitted way's
     settings are the ones its run used (the input and detection groups are given here, so only anchors fit)."""
+    from segtune.engine import budget as budget_module
+
+    monkeypatch.setattr(budget_module, "CALIBRATE_STEPS", (1, 2))  # fit the schedule after 2 steps, not 25
     fake_training_clock(0.05)
     module = bench("adaptive_recipe")
     monkeypatch.chdir(tmp_path)
