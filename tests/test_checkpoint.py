@@ -13,7 +13,7 @@ import torch
 import segtune
 from segtune.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
 from segtune.config import Config, build_config
-from segtune.errors import CheckpointError
+from segtune.errors import CheckpointError, WriteError
 from segtune.fileio import atomic_write, write_json, write_text
 from segtune.models import build_model, model_from_checkpoint
 
@@ -222,7 +222,7 @@ def test_save_checkpoint_failure_keeps_previous(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(WriteError, match=f"{path}: no space left on device .*; the previous file is kept"):
         save_checkpoint(path, {**small_state(), "epoch": 2})
     monkeypatch.setattr(torch, "save", real_save)
     assert calls and calls[0]["epoch"] == 2  # the failing save really was the one called

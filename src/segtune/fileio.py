@@ -67,7 +67,7 @@ def _write_error(path: Path, error: OSError, written: int, size_hint: int | None
         free = f", {shutil.disk_usage(path.parent).free / 2**20:.0f} MB free there now"
     except OSError:
         free = ""
-    size = f"{needed / 2**20:.1f} MB" if needed >= 2**20 else f"{max(needed, 1) / 2**10:.0f} kB"
+    size = f"{needed / 2**20:.1f} MB" if needed >= 2**20 else f"{max(1, round(needed / 2**10))} kB"
     return WriteError(f"{path}: {_DISK_ERRORS[error.errno]} (needed about {size}{free}); "
                       f"{'the previous file is kept' if path.exists() else 'nothing was written'}")
 
