@@ -26,8 +26,10 @@ CONFIG_VERSION = 1
 DEFAULT_DATA_PATH = "../shared/data/PennFudanPed"
 
 
-def _opt(default: Any, help: str, *, flag: str | None = None, choices: list[str] | None = None) -> Any:
-    meta = {"help": help, "flag": flag, "choices": choices}
+def _opt(default: Any, help: str, *, flag: str | None = None, choices: list[str] | None = None,
+         switch: bool = False) -> Any:
+    """A config field with its help; ``switch``: a boolean whose flag takes no value (given = true)."""
+    meta = {"help": help, "flag": flag, "choices": choices, "switch": switch}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -60,6 +62,9 @@ class DataConfig:
                             "extension); auto: whichever of _mask, none, _label, _instances, _masks, -mask pairs most")
     class_map: str | None = _opt(None, "mask folders: YAML/JSON file with 'classes' and 'values' (mask value -> class)")
     image_root: str | None = _opt(None, "COCO: folder that file_name paths are relative to (default: found next to the JSON)")
+    allow_outside_root: bool = _opt(False, "read images an annotation names outside the data set's folder (an "
+                                    "absolute or ../ path, a symlink pointing elsewhere); by default such an entry "
+                                    "is an error: see docs/data-formats.md", switch=True)
     classes: list[str] = _opt([], "class names, comma-separated, for mask folders without a class map (default: "
                               "pedestrian for Penn-Fudan's PedMasks, else object; other formats name their classes)")
     aspect_ratio_group_factor: int = _opt(3, "batch images of similar aspect ratio: this many log-spaced "

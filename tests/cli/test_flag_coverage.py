@@ -143,7 +143,10 @@ def test_every_config_flag_sets_its_own_setting() -> None:
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         choices = field.metadata.get("choices")
         text, want = (choices[-1], choices[-1]) if choices else _sample(default, field_types(SECTIONS[section])[name])
-        args = parser.parse_args([*command.split(), *_POSITIONALS[command], f"{flag}={text}"])
+        if field.metadata.get("switch"):  # a flag without a value: given = true
+            text, want = None, True
+        given = flag if text is None else f"{flag}={text}"
+        args = parser.parse_args([*command.split(), *_POSITIONALS[command], given])
         got = section_flags(args, section)
         assert got == {dest: want}, (command, flag, text, got)
         checked += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from segtune.cli.main import main
@@ -12,6 +13,7 @@ from segtune.config import DataConfig
 from segtune.data.coco import CocoDataset
 from segtune.data.convert import convert_to_coco, to_coco
 from segtune.data.masks_folder import MaskFolderDataset
+from segtune.errors import DatasetError
 from segtune.fileio import write_json
 from tests.conftest import make_mask_folder
 from tests.data.test_coco import _coco, _save_image
@@ -52,7 +54,9 @@ def test_mask_folder_round_trip(tmp_path: Path):
     x1, y1, x2, y2 = source.load(0)[1]["boxes"][0].tolist()
     assert ann["bbox"] == [x1, y1, x2 - x1, y2 - y1] and ann["iscrowd"] == 0
 
-    back = CocoDataset(out)  # no image_root: file names are relative to the JSON's folder
+    with pytest.raises(DatasetError, match="--allow-outside-root"):  # '../data/...' leaves the JSON's folder
+        CocoDataset(out)
+    back = CocoDataset(out, allow_outside_root=True)  # no image_root: file names are relative to the JSON's folder
     assert back.classes == ["pedestrian"] and back.category_ids == [1]
     assert_same_targets(source, back)
 
@@ -109,7 +113,7 @@ def test_pennfudan_round_trip(pennfudan: Path, tmp_path: Path):
     files = ["FudanPed00001.png", "FudanPed00002.png", "FudanPed00003.png"]
     source = MaskFolderDataset(pennfudan, files=files)
     out = write_json(tmp_path / "pennfudan.json", to_coco(source, file_root=tmp_path))
-    back = CocoDataset(out)
+    back = CocoDataset(out, allow_outside_root=True)  # its '../' paths lead to the shared data folder
     assert len(back) == 3 and [back.image_path(i).resolve() for i in range(3)] == [
         (pennfudan / "PNGImages" / f).resolve() for f in files]
     assert_same_targets(source, back)

@@ -26,6 +26,10 @@ def add_section_flags(parser: argparse.ArgumentParser, section: str, *, skip: It
         if f.name in skip:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if f.metadata.get("switch"):
+            group.add_argument(flag_of(f), dest=f"{section}.{f.name}", default=argparse.SUPPRESS, action="store_const",
+                               const="true", help=f.metadata.get("help", ""))
+            continue
         group.add_argument(
             flag_of(f), dest=f"{section}.{f.name}", default=argparse.SUPPRESS, metavar=f.name.upper(),
             help=f"{f.metadata.get('help', '')} (default: {default})", choices=f.metadata.get("choices"),

@@ -21,6 +21,7 @@ from torchvision import tv_tensors
 
 from segtune.data.boxes import box_areas, is_solid, mask_areas, mask_boxes
 from segtune.data.images import load_rgb, read_size
+from segtune.data.root import outside_roots
 from segtune.errors import DatasetError
 from segtune.registry import Registry
 
@@ -145,8 +146,9 @@ class DetectionDataset(torch.utils.data.Dataset):
         return {}
 
     def __init__(self, *, transforms: Callable | None = None, keep_crowd: bool = True,
-                 sink: ProblemSink | None = None) -> None:
+                 sink: ProblemSink | None = None, allow_outside_root: bool = False) -> None:
         self.transforms = transforms
+        self.allow_outside_root = allow_outside_root
         self.decoded_cache: Any = None  # a segtune.data.decoded_cache.DecodedCache, set on a training view
         self.keep_crowd = keep_crowd
         self.sink = sink if sink is not None else ProblemSink()
@@ -161,12 +163,47 @@ class DetectionDataset(torch.utils.data.Dataset):
         """Register the data set's images (relative name -> path) and select the split ``files``."""
         if not paths:
             raise DatasetError(f"{self.root}: no images found")
+        paths = self._inside_data_root(paths)
         self._paths = paths
         self.all_files = sorted(paths)
         self._ids = {name: i for i, name in enumerate(self.all_files)}
         self.select(files)
         if not self.category_ids:
             self.category_ids = list(range(1, len(self.classes) + 1))
+
+    def data_roots(self) -> list[Path]:
+        """The folders images may be read from (the data root): the data set's folder; a format that
+        names more folders itself (a YOLO YAML's ``path`` and image folders) adds them."""
+        return [self.root]
+
+    def _inside_data_root(self, paths: dict[str, Path]) -> dict[str, Path]:
+        """``paths`` without the images outside :meth:`data_roots` (links resolved), each reported as an
+        error naming its annotation entry; with ``allow_outside_root`` all kept and counted in one warning."""
+        outside = outside_roots(paths, self.data_roots())
+        if not outside:
+            return paths
+        roots = " or ".join(str(root) for root in dict.fromkeys(self.data_roots()))
+        if self.allow_outside_root:
+            name, real = next(iter(outside.items()))
+            self.problem("outside-root", self.root, f"{len(outside)} image(s) lie outside the data root {roots}, "
+                         f"read as --allow-outside-root asks (e.g. {name} -> {real})", WARNING)
+            return paths
+        for name, real in outside.items():
+            where, entry = self._entry_of(name, paths[name])
+            self.problem("outside-root", where, f"{entry} resolves to {real}, outside the data root {roots}; left "
+                         "out (images are read only under the data root: pass --allow-outside-root if your "
+                         "layout keeps them elsewhere)")
+        inside = {name: path for name, path in paths.items() if name not in outside}
+        if not inside:
+            raise DatasetError(f"{self.root}: all {len(paths)} images lie outside the data root {roots} (e.g. "
+                               f"{next(iter(outside.values()))}); pass --allow-outside-root if your layout keeps "
+                               "them elsewhere")
+        return inside
+
+    def _entry_of(self, name: str, path: Path) -> tuple[str, str]:
+        """``(file, entry)`` naming where image ``name`` (at ``path``) was listed, for messages; formats whose
+        annotation names its images (COCO ``file_name``, LabelMe ``imagePath``) say which entry."""
+        return str(path), f"image '{name}'"
 
     def _set_given_split(self, roles: dict[str, list[str]], where: str) -> None:
         """Record the data set's own split from the file names each of its ``train``, ``val`` and ``test``

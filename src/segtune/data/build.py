@@ -45,7 +45,7 @@ def open_dataset(data_cfg: Any, *, files: list[str] | None = None, transforms: A
     name = data_cfg.format if data_cfg.format != "auto" else detect_format(path, data_cfg)
     cls = FORMATS.get(name)
     return cls(path, **cls.from_config(data_cfg, path), transforms=transforms, files=files,
-               keep_crowd=keep_crowd, sink=sink)
+               keep_crowd=keep_crowd, sink=sink, allow_outside_root=getattr(data_cfg, "allow_outside_root", False))
 
 
 def build_dataset(data_cfg: Any, *, files: list[str] | None = None, train: bool = False,

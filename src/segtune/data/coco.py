@@ -67,8 +67,11 @@ def _default_image_root(annotation_file: Path, names: list[str]) -> Path:
     ``images/`` folder beside either (a common export layout)."""
     here, up = annotation_file.parent, annotation_file.parent.parent
     folders = list(dict.fromkeys([here, up, here / "images", up / "images"]))
+    relative = [name for name in names if not os.path.isabs(name)][:50]  # an absolute name tells nothing
+    if not relative:
+        return here
     for folder in folders:
-        if any((folder / name).is_file() for name in names[:50]):  # a few tell (100,000 stats would not)
+        if any((folder / name).is_file() for name in relative):  # a few tell (100,000 stats would not)
             return folder
     raise DatasetError(
         f"{annotation_file}: none of its {len(names)} images (first: '{names[0]}') were found under "
@@ -117,8 +120,9 @@ class CocoDataset(DetectionDataset):
         files: list[str] | None = None,
         keep_crowd: bool = True,
         sink: ProblemSink | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
-        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink, allow_outside_root=allow_outside_root)
         self.annotation_file = Path(annotation_file)
         roles = None
         split_jsons = split_files(self.annotation_file) if self.annotation_file.is_dir() else None
@@ -161,6 +165,14 @@ class CocoDataset(DetectionDataset):
 
     def source_files(self, index: int) -> list[Path]:
         return [self.image_path(index), *self._json_files]
+
+    def data_roots(self) -> list[Path]:
+        """The image root, and the folder of the COCO file (the folder above, for one in ``annotations/``)."""
+        folder = self.annotation_file.parent
+        return [self.root, folder.parent if folder.name == "annotations" else folder]
+
+    def _entry_of(self, name: str, path: Path) -> tuple[str, str]:
+        return str(self.annotation_file), f"image {self._images[name].id} file_name '{name}'"
 
     # --- reading the JSON -----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ images when it reads the file back.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from segtune.data.base import DetectionDataset, relative_name
 from segtune.data.build import open_dataset
 from segtune.data.coco_json import encode_masks, xyxy_to_xywh
 from segtune.fileio import write_bytes, write_json
+
+logger = logging.getLogger(__name__)
 
 
 def to_coco(dataset: DetectionDataset, *, file_root: Path | None = None, image_dir: Path | None = None,
@@ -83,7 +86,8 @@ def convert_to_coco(data_cfg: Any, out: str | os.PathLike,
     """Write the data set ``data_cfg`` describes to ``out`` as COCO instances JSON (atomically).
 
     Crowd regions are kept. ``file_name`` values are relative to ``out``'s folder, so
-    ``CocoDataset(out)`` finds the images with no ``image_root``; images embedded in their annotation
+    ``CocoDataset(out)`` finds the images with no ``image_root`` (with ``allow_outside_root`` when
+    ``out`` is not in a folder above them: such paths are logged); images embedded in their annotation
     files (LabelMe ``imageData``) are written out under ``images/`` beside ``out``.
 
     Returns:
@@ -97,4 +101,9 @@ def convert_to_coco(data_cfg: Any, out: str | os.PathLike,
     coco = to_coco(dataset, file_root=out.absolute().parent, image_dir=out.absolute().parent / "images",
                    progress=progress)
     write_json(out, coco)
+    leaving = sum(1 for image in coco["images"] if image["file_name"].startswith("../"))
+    if leaving:  # the data-root rule (segtune.data.root) will refuse them unless told
+        logger.warning("%s: %d of its image paths lead outside its folder (e.g. %s); read it with "
+                       "--allow-outside-root, or write it inside the data folder", out, leaving,
+                       next(image["file_name"] for image in coco["images"] if image["file_name"].startswith("../")))
     return {key: len(coco[key]) for key in ("images", "annotations", "categories")}

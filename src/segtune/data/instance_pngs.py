@@ -102,8 +102,9 @@ class InstancePngDataset(DetectionDataset):
         files: Sequence[str] | None = None,
         keep_crowd: bool = True,
         sink: ProblemSink | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
-        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink, allow_outside_root=allow_outside_root)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: data folder does not exist")

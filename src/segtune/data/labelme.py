@@ -69,6 +69,7 @@ class _Annotation:
     size: tuple[int, int] | None  # (height, width) as the JSON says, if it says
     objects: list[_Object]
     embedded: bool = False  # the image is the JSON's imageData (no file of it exists)
+    image_path: str = ""  # 'imagePath' as written
 
 
 def _json_files(folder: Path) -> list[Path]:
@@ -133,8 +134,9 @@ class LabelmeDataset(DetectionDataset):
         files: Sequence[str] | None = None,
         keep_crowd: bool = True,
         sink: ProblemSink | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
-        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink, allow_outside_root=allow_outside_root)
         self.root = Path(folder)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: data folder does not exist")
@@ -168,6 +170,10 @@ class LabelmeDataset(DetectionDataset):
                                "naming the classes")
         self._check_labels()
         self._set_images(paths, files)
+
+    def _entry_of(self, name: str, path: Path) -> tuple[str, str]:
+        annotation = self._annotations[name]
+        return str(annotation.json_path), f"imagePath '{annotation.image_path}'"
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -217,7 +223,7 @@ class LabelmeDataset(DetectionDataset):
                              f"exist, and the file embeds no imageData")
                 return None
             image, embedded = beside, True  # named as if beside the JSON; the pixels come from imageData
-        return image, _Annotation(path, self._size(data), self._objects(path, data["shapes"]), embedded)
+        return image, _Annotation(path, self._size(data), self._objects(path, data["shapes"]), embedded, image_path)
 
     @staticmethod
     def _size(data: dict[str, Any]) -> tuple[int, int] | None:

@@ -148,11 +148,13 @@ class MaskFolderDataset(DetectionDataset):
         files: list[str] | None = None,
         keep_crowd: bool = True,
         sink: ProblemSink | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
-        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink, allow_outside_root=allow_outside_root)
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: data folder does not exist")
+        self._named_images_dir = images_dir != "auto"  # a folder the user names is part of the data root
         # Folders that do not pair up are named in the checks below (the first looked-for name by default).
         images_dir, masks_dir = find_layout(self.root, images_dir, masks_dir) or (
             _named_or_default(self.root, images_dir, IMAGE_DIRS), _named_or_default(self.root, masks_dir, MASK_DIRS))
@@ -205,6 +207,10 @@ class MaskFolderDataset(DetectionDataset):
             raise DatasetError(f"{self.images_root}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         self._masks = pairs
         self._set_images({name: self.images_root / name for name in pairs}, files)
+
+    def data_roots(self) -> list[Path]:
+        """The data folder, and the image folder when ``--images-dir`` names one."""
+        return [self.root, *([self.images_root] if self._named_images_dir else [])]
 
     def mask_path(self, index: int) -> Path:
         return self._masks[self.files[index]]

@@ -112,9 +112,12 @@ class YoloDataset(DetectionDataset):
         files: Sequence[str] | None = None,
         keep_crowd: bool = True,
         sink: ProblemSink | None = None,
+        allow_outside_root: bool = False,
     ) -> None:
-        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink)
+        super().__init__(transforms=transforms, keep_crowd=keep_crowd, sink=sink, allow_outside_root=allow_outside_root)
         path = Path(path)
+        self._listed: dict[Path, tuple[Path, int, str]] = {}  # image -> (list file, line number, line)
+        self._named_folders: list[Path] = []  # the data YAML's folder and the image folders it names
         if not path.exists():
             raise DatasetError(f"{path}: data path does not exist")
         if path.is_dir() and not (path / "images").is_dir() and split_yaml(path) is not None:
@@ -176,11 +179,20 @@ class YoloDataset(DetectionDataset):
         self._set_images(paths, files)
         self._set_given_split(roles, path.name)
 
+    def data_roots(self) -> list[Path]:
+        """The data root (the YAML's ``path``), and the YAML's folder and image folders it names."""
+        return [self.root, *self._named_folders]
+
+    def _entry_of(self, name: str, path: Path) -> tuple[str, str]:
+        listed = self._listed.get(path)
+        return (f"{listed[0]}", f"line {listed[1]} '{listed[2]}'") if listed else super()._entry_of(name, path)
+
     # --- listing ----------------------------------------------------------------------------------
 
     def _sources_from_yaml(self, yaml_path: Path, data: dict[str, Any]) -> tuple[Path, dict[str, list[Path]]]:
         """The data root and the image folders / image-list files named by ``train``, ``val`` and ``test``."""
         here = yaml_path.parent
+        self._named_folders.append(here)
         given = data.get("path")
         # Normalised, so that one image reached through different spellings ('a/../b') is one image.
         root = Path(os.path.normpath(here if not given else here / str(given)))
@@ -200,6 +212,8 @@ class YoloDataset(DetectionDataset):
                     raise DatasetError(f"{yaml_path}: {key} '{entry}' not found (looked for "
                                        f"{' and '.join(str(t) for t in dict.fromkeys(tries))})")
                 sources.setdefault(key, []).append(found)
+                if found.is_dir():
+                    self._named_folders.append(found)
         if not sources:
             raise DatasetError(f"{yaml_path}: no images listed; expected 'train:' and/or 'val:' (and 'test:') "
                                "naming image folders")
@@ -228,6 +242,7 @@ class YoloDataset(DetectionDataset):
             image = path.parent / line if not Path(line).is_absolute() else Path(line)
             if image.is_file():
                 images.append(Path(os.path.normpath(image)))
+                self._listed[images[-1]] = (path, n, line)
             else:
                 self.problem("missing-image", path, f"line {n}: image {image} does not exist; left out", WARNING)
         return images
