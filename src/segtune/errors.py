@@ -55,6 +55,13 @@ class TrainingInterrupted(SegtuneError):
     exit_code = 130
 
 
+class DistributedError(SegtuneError):
+    """Another process of a distributed run died or stopped answering; rank 0 wrote ``last.pt`` at the last
+    step it completed (:mod:`segtune.engine.faults`)."""
+
+    exit_code = 1
+
+
 class ExportError(SegtuneError):
     """A model cannot be written in the format asked for (an exporter fails on it)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import socket
@@ -14,9 +15,10 @@ import pytest
 import torch
 
 from segtune.engine import distributed as dist_mod
-from segtune.engine.distributed import (DistInfo, all_gather_objects, broadcast_object, first_host, get_rank,
-                                        get_world_size, init_distributed, is_main_process, read_launch_env,
-                                        reduce_mean, unwrap, wrap_ddp)
+from segtune.engine.distributed import (DEFAULT_TIMEOUT_S, DistInfo, all_gather_objects, broadcast_object, first_host,
+                                        get_rank, get_world_size, init_distributed, is_main_process,
+                                        max_over_ranks, read_launch_env, reduce_mean, timeout_from_env, unwrap,
+                                        wrap_ddp)
 from segtune.errors import ConfigError
 
 # Each rank joins a group the way torchrun starts it, checks the collectives, leaves; then joins again
@@ -25,8 +27,8 @@ WORKER = textwrap.dedent("""
     import json, os, sys
     import torch
     from segtune.engine.distributed import (all_gather_objects, barrier, broadcast_object, cleanup, get_rank,
-                                            get_world_size, init_distributed, is_main_process, reduce_mean,
-                                            unwrap, wrap_ddp)
+                                            get_world_size, init_distributed, is_main_process, max_over_ranks,
+                                            reduce_mean, unwrap, wrap_ddp)
 
     def check():
         info = init_distributed("cpu")
@@ -40,6 +42,7 @@ WORKER = textwrap.dedent("""
             "rank": get_rank(), "world": get_world_size(), "main": is_main_process(),
             "gathered": all_gather_objects({"rank": rank, "dets": list(range(rank + 1))}),
             "mean": reduce_mean({"loss": float(rank), "loss_mask": 10.0 * (rank + 1)}),
+            "max": max_over_ranks(5 * rank + 1),
             "broadcast": broadcast_object({"AP": 0.5} if rank == 0 else None),
             "grad": unwrap(model).weight.grad[0].tolist(),
             "unwrapped": type(unwrap(model)).__name__, "wrapped": type(model).__name__,
@@ -84,6 +87,7 @@ def test_two_processes_over_gloo(launcher: str, two_ranks: list[dict]) -> None:
         assert out["rank"] == r and out["world"] == 2 and out["main"] is (r == 0)
         assert out["gathered"] == [{"rank": 0, "dets": [0]}, {"rank": 1, "dets": [0, 1]}]
         assert out["mean"] == pytest.approx({"loss": 0.5, "loss_mask": 15.0})
+        assert out["max"] == 6
         assert out["broadcast"] == {"AP": 0.5}
         assert out["grad"] == pytest.approx([6.0, 6.0, 6.0])
         assert out["wrapped"] == "DistributedDataParallel" and out["unwrapped"] == "Linear"
@@ -149,7 +153,36 @@ def test_single_process_has_no_group(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (get_rank(), get_world_size(), is_main_process()) == (0, 1, True)
     assert all_gather_objects({"a": 1}) == [{"a": 1}]
     assert reduce_mean({"loss": 2}) == {"loss": 2.0}
+    assert max_over_ranks(3) == 3
     assert broadcast_object("x") == "x"
     model = torch.nn.Linear(2, 2)
     assert wrap_ddp(model, info) is model and unwrap(model) is model
     assert unwrap(torch.nn.DataParallel(model)) is model
+
+
+def test_the_collective_timeout_is_segtune_dist_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SEGTUNE_DIST_TIMEOUT (seconds) reaches init_process_group, the watchdog of a rank that stops answering."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    calls: list[dict] = []
+    monkeypatch.setattr(dist_mod.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist_mod.dist, "init_process_group", lambda **kwargs: calls.append(kwargs))
+
+    monkeypatch.setenv("SEGTUNE_DIST_TIMEOUT", "90.5")
+    info = init_distributed("cpu")
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=90.5) and calls[-1]["backend"] == "gloo"
+    assert (info.world_size, info.timeout_s) == (2, 90.5)
+    assert init_distributed("cpu", timeout_s=7).timeout_s == 7  # the Python API's own value wins
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=7)
+
+    monkeypatch.delenv("SEGTUNE_DIST_TIMEOUT")
+    assert init_distributed("cpu").timeout_s == DEFAULT_TIMEOUT_S
+    assert calls[-1]["timeout"] == datetime.timedelta(seconds=DEFAULT_TIMEOUT_S)
+    for bad in ("soon", "0", "-5", "nan", "inf"):
+        with pytest.raises(ConfigError, match=f"SEGTUNE_DIST_TIMEOUT='{bad}' must be a positive number"):
+            timeout_from_env({"SEGTUNE_DIST_TIMEOUT": bad})
+    assert timeout_from_env({"SEGTUNE_DIST_TIMEOUT": " 600 "}) == 600.0
+    assert timeout_from_env({"SEGTUNE_DIST_TIMEOUT": ""}) == DEFAULT_TIMEOUT_S

@@ -18,12 +18,16 @@ Two launchers are understood, and a run with neither is a single process with no
 
 GPUs use NCCL and one device per process (``cuda:LOCAL_RANK``); CPUs use Gloo. If both sets of
 variables are present (``torchrun`` inside a SLURM allocation), ``torchrun``'s win.
+
+A collective waits at most ``SEGTUNE_DIST_TIMEOUT`` seconds (default :data:`DEFAULT_TIMEOUT_S`) for the
+other ranks; past that it raises, and training stops as it does when a rank dies (:mod:`segtune.engine.faults`).
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import re
 import shutil
@@ -45,17 +49,21 @@ DEFAULT_PORT = 29500
 # COCO scoring of a large validation set runs on rank 0 while the other ranks wait in the next
 # collective; NCCL's default 10-minute timeout would kill the job there.
 DEFAULT_TIMEOUT_S = 3600.0
+#: Seconds a collective may wait for the other ranks (a float), when set; else :data:`DEFAULT_TIMEOUT_S`.
+TIMEOUT_ENV = "SEGTUNE_DIST_TIMEOUT"
 
 
 @dataclass
 class DistInfo:
-    """Where this process stands: its ranks, the world size, the backend (None = no group) and its device."""
+    """Where this process stands: its ranks, the world size, the backend (None = no group), its device and
+    how long a collective may wait for the other ranks."""
 
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
     backend: str | None = None
     device: torch.device = torch.device("cpu")
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
     @property
     def distributed(self) -> bool:
@@ -146,6 +154,25 @@ def read_launch_env(environ: Mapping[str, str] | None = None) -> LaunchEnv | Non
     return None
 
 
+def timeout_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """Seconds a collective may wait: ``SEGTUNE_DIST_TIMEOUT`` when set, else :data:`DEFAULT_TIMEOUT_S`.
+
+    Raises:
+        ConfigError: the variable is not a positive number.
+    """
+    env = os.environ if environ is None else environ
+    text = env.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"environment variable {TIMEOUT_ENV}={text!r} must be a positive number of seconds")
+    return seconds
+
+
 def _process_device(device_pref: str, local_rank: int) -> torch.device:
     """``cpu`` stays CPU; ``auto`` and ``cuda`` become ``cuda:LOCAL_RANK`` (one GPU per process)."""
     if device_pref == "cpu":
@@ -164,30 +191,33 @@ def _process_device(device_pref: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def init_distributed(device_pref: str = "auto", *, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
+def init_distributed(device_pref: str = "auto", *, timeout_s: float | None = None) -> DistInfo:
     """Join the process group the launcher describes, or describe a single process.
 
     Args:
         device_pref: ``--device``: ``auto``, ``cpu``, ``cuda`` (``cuda:N`` only when single-process).
-        timeout_s: how long a collective may wait for the slowest rank before the job fails.
+        timeout_s: how long a collective may wait for the slowest rank before it raises (the watchdog
+            for a rank that hangs); None: :func:`timeout_from_env`.
 
     Returns:
         The :class:`DistInfo` of this process. Under a launcher, the process group is initialised
         (NCCL on CUDA, Gloo on CPU) and, on CUDA, the current device is ``cuda:LOCAL_RANK``.
 
     Raises:
-        ConfigError: bad launcher variables or a device this process cannot use.
+        ConfigError: bad launcher variables, a device this process cannot use, a bad ``SEGTUNE_DIST_TIMEOUT``.
     """
     launch = read_launch_env()
     if launch is None:
         return DistInfo(device=resolve_device(device_pref))
+    if timeout_s is None:
+        timeout_s = timeout_from_env()
     device = _process_device(device_pref, launch.local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        logger.info("joining a group of %d processes (%s, %s) as rank %d", launch.world_size, launch.launcher,
-                    launch.init_method, launch.rank)
+        logger.info("joining a group of %d processes (%s, %s) as rank %d; collectives wait at most %g s (%s)",
+                    launch.world_size, launch.launcher, launch.init_method, launch.rank, timeout_s, TIMEOUT_ENV)
         kwargs: dict[str, Any] = {}
         if backend == "nccl":
             kwargs["device_id"] = device  # binds NCCL to this GPU now, so barrier() knows which one to use
@@ -195,7 +225,7 @@ def init_distributed(device_pref: str = "auto", *, timeout_s: float = DEFAULT_TI
                                 world_size=launch.world_size, timeout=datetime.timedelta(seconds=timeout_s),
                                 **kwargs)
     info = DistInfo(rank=launch.rank, local_rank=launch.local_rank, world_size=launch.world_size, backend=backend,
-                    device=device)
+                    device=device, timeout_s=timeout_s)
     logger.info("distributed (%s): rank %d of %d, local rank %d, %s, %s", launch.launcher, info.rank,
                 info.world_size, info.local_rank, backend, device)
     return info
@@ -237,6 +267,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def max_over_ranks(value: int) -> int:
+    """The largest ``value`` over the ranks, on every rank (e.g. "has any rank been asked to stop");
+    ``value`` when alone."""
+    if get_world_size() == 1:
+        return value
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
 
 
 def reduce_mean(values: Mapping[str, float]) -> dict[str, float]:

@@ -2,8 +2,9 @@
 
 The parts (model, data, loaders, optimiser, schedule, number formats, DDP) are built from the config
 by :mod:`segtune.engine.parts`; the loop does the steps: mixed precision, accumulation, clipping,
-DistributedDataParallel, and fires the hooks. Evaluation, checkpoints, the time budget, EMA, the
-metrics files, the plot, TensorBoard, early stopping and the validation loss are hooks
+DistributedDataParallel, and fires the hooks; under torch.distributed a rank that loses its peers
+writes ``last.pt`` on rank 0 and stops with one line (:mod:`segtune.engine.faults`). Evaluation,
+checkpoints, the time budget, EMA, the metrics files, the plot, TensorBoard, early stopping and the validation loss are hooks
 (``segtune.engine.default_hooks``), as are the user's.
 """
 
@@ -26,6 +27,7 @@ from segtune.config import Config, dump_yaml
 from segtune.data import DetectionDataset, save_split
 from segtune.data.build import build_loader_from_batches
 from segtune.engine import distributed as dist
+from segtune.engine import faults
 from segtune.engine.budget import Stopwatch
 from segtune.engine.checkpoints import best_index
 from segtune.engine.default_hooks import build_hooks
@@ -38,7 +40,7 @@ from segtune.engine.run import (CONFIG_FILE, SPLIT_FILE, TrainResult, attach_log
 from segtune.engine.run_data import RunData
 from segtune.engine.signals import StopSignals
 from segtune.engine.state import TrainingState
-from segtune.errors import TrainingError, TrainingInterrupted
+from segtune.errors import DistributedError, TrainingError, TrainingInterrupted
 from segtune.fileio import write_text
 from segtune.models.precision import autocast
 from segtune.run_files import last_checkpoint, run_dir_of
@@ -98,6 +100,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = self.step = self.start_iteration = 0
         self.signals = StopSignals()
+        #: The signal every rank stops for after this step (one of them received it), else None.
+        self.stop_signal: str | None = None
+        self._done = 0  # batches of the current epoch that the weights have taken (up to the last optimiser step)
+        self._saved_at: tuple[int, int] | None = None  # (epoch, batch) that last.pt holds, as far as this run knows
         #: The training-time clock (steps and data, not evaluation); a hook that evaluates on its own
         #: pauses it (``with trainer.clock.paused()``).
         self.clock = Stopwatch()
@@ -131,6 +137,8 @@ class Trainer:
         self.autocast_dtype, self.scaler = parts.autocast_dtype, parts.scaler
         if parts.resume is not None:
             TrainingState(self).load_state_dict(parts.resume)
+            self._done = self.start_iteration
+            self._saved_at = (self.epoch, self.start_iteration)
 
     @property
     def max_steps(self) -> int | None:
@@ -153,6 +161,13 @@ class Trainer:
             resumed = self.resumed_from
             run_dir = run_dir_of(resumed) if resumed else (new_run_dir(self.cfg.train.out) if self._main else None)
             self.run_dir = Path(dist.broadcast_object(str(run_dir)))
+        except Exception as exc:
+            if not faults.is_peer_failure(exc):
+                raise
+            # Another rank died while the run was being set up: nothing to save yet.
+            raise faults.peer_failure_error(exc, rank=dist.get_rank(), world_size=dist.get_world_size(),
+                                            where="while the run was set up",
+                                            timeout_s=dist.timeout_from_env()) from exc
         finally:
             release_setup_lines(held)
         handler = attach_log_file(self.run_dir, held) if self._main else None
@@ -161,21 +176,29 @@ class Trainer:
             TrainingState(self).load_hook_states(self._parts.resume)
         try:
             with self.signals:  # Ctrl-C / SIGTERM: stop after this step, with last.pt
-                if self._main:
-                    self._write_run_files(resumed)
-                    log_run_start(self, resumed)
-                self.hooks.before_train(self)
-                while self.epoch < self.run.epochs and not self.stop_training:
-                    self._run_epoch()
-                self.hooks.after_train(self, self.result())
-                # Every process leaves together, so none tears its process group down while another
-                # is still using it (a lone early exit aborted a Gloo rank at shutdown).
-                dist.barrier()
-                return self.result()
+                try:
+                    return self._train(resumed)
+                except Exception as exc:
+                    if not faults.is_peer_failure(exc):
+                        raise
+                    raise self._lost_peers(exc) from exc
         finally:
             if handler is not None:
                 detach_log_file(handler)
             dist.cleanup()
+
+    def _train(self, resumed: str | None) -> TrainResult:
+        if self._main:
+            self._write_run_files(resumed)
+            log_run_start(self, resumed)
+        self.hooks.before_train(self)
+        while self.epoch < self.run.epochs and not self.stop_training:
+            self._run_epoch()
+        self.hooks.after_train(self, self.result())
+        # Every process leaves together, so none tears its process group down while another
+        # is still using it (a lone early exit aborted a Gloo rank at shutdown).
+        dist.barrier()
+        return self.result()
 
     def _write_run_files(self, resumed: str | None) -> None:
         # config.yaml is what `segtune train --config` replays, so it never says "resume".
@@ -203,8 +226,9 @@ class Trainer:
         self.hooks.evaluate(self, epoch, record)
         self.hooks.after_eval(self, epoch, record.get("metrics", {}))
         self.history.append(record)
-        self.epoch, self.start_iteration = epoch + 1, 0
+        self.epoch, self.start_iteration, self._done = epoch + 1, 0, 0
         self.hooks.after_epoch(self, epoch, record)  # metrics files and checkpoints first
+        self._saved_at = (self.epoch, 0)
 
     def _train_epoch(self, epoch: int) -> dict[str, float] | None:
         """One epoch from ``start_iteration``; None when a stop was asked for before its end."""
@@ -253,19 +277,23 @@ class Trainer:
                 self.scaler.scale(loss / self.accumulate).backward()
             self._last_losses = values
             if last_of_group:
-                self._optimizer_step()
+                self._optimizer_step(i)
             report.step(i, values, lr)
             if last_of_group:
                 report.end = self._epoch_end(i)
-            # A stop takes effect between optimiser steps, never inside an accumulation group.
-            if last_of_group and i < self.iters and not self.signals.name and self.end_reason is not None:
+            if not last_of_group or i == self.iters:
+                continue
+            # A stop takes effect between optimiser steps, never inside an accumulation group; every rank
+            # hears of a signal any of them received, so all stop after this same step.
+            self.stop_signal = self.signals.agreed(dist.max_over_ranks)
+            if self.stop_signal is None and self.end_reason is not None:
                 # A hook (the time budget) ends training here; this part-epoch is evaluated and saved
                 # as the last one.
                 logger.info("%s at epoch %d, iteration %d of %d: evaluating and stopping",
                             self.end_reason, epoch, i, self.iters)
                 self.stop_training = True
                 return report.close()
-            if (self.signals.name or self.stop_training) and last_of_group and i < self.iters:
+            if self.stop_signal or self.stop_training:
                 report.close()
                 self._interrupt(epoch, i)
                 return None
@@ -281,7 +309,8 @@ class Trainer:
             return self.iters
         return min(self.iters, i + max(0, self.run.max_steps - self.step) * self.accumulate)
 
-    def _optimizer_step(self) -> None:
+    def _optimizer_step(self, i: int) -> None:
+        """The optimiser step that ends at batch ``i`` of the epoch."""
         if self.cfg.train.clip_grad_norm is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
@@ -289,21 +318,46 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        self.hooks.after_step(self, self.step, self._last_losses)  # before the schedule moves: logs this step's lr
-        self.scheduler.step()
+        self._done = i
+        try:
+            self.hooks.after_step(self, self.step, self._last_losses)  # before the schedule moves: logs this step's lr
+        finally:
+            self.scheduler.step()  # also when a hook's collective fails: last.pt then holds a schedule in step
 
     # --- stops and the result -------------------------------------------------------------------
 
     def _interrupt(self, epoch: int, iteration: int) -> None:
         """Write ``last.pt`` at this iteration and stop with a resume hint."""
-        why = f"signal {self.signals.name}" if self.signals.name else "a hook asked to stop"
+        why = f"signal {self.stop_signal}" if self.stop_signal else "a hook asked to stop"
         self.hooks.on_interrupt(self, epoch, iteration)  # the checkpoint hook writes last.pt (rank 0)
+        self._saved_at = (epoch, iteration)
         dist.barrier()
         message = (f"stopped by {why} at epoch {epoch}, iteration {iteration}; {last_checkpoint(self.run_dir)} "
                    f"holds the exact state: resume with  segtune train --resume {self.run_dir}")
-        if self.signals.name:
+        if self.stop_signal:
+            if self.dist.distributed:
+                self.signals.ignore_sigterm()  # every rank is leaving: say why before the launcher's SIGTERM
             raise TrainingInterrupted(message)
         logger.info("%s", message)
+
+    def _lost_peers(self, exc: BaseException) -> DistributedError:
+        """A collective raised for a rank that died or went silent: rank 0 writes ``last.pt`` at the last
+        optimiser step it completed (no collective: the others are gone, and DDP keeps every rank's weights
+        the same); the others write nothing. Returns the error this rank stops with."""
+        if self.dist.distributed:
+            self.signals.ignore_sigterm()  # the launcher's SIGTERM must not cut the save or the report short
+        epoch, iteration = self.epoch, self._done
+        checkpoint = None
+        if self._main and self.step > 0:
+            if self._saved_at != (epoch, iteration):
+                self.hooks.on_interrupt(self, epoch, iteration)  # the checkpoint hook writes last.pt
+                self._saved_at = (epoch, iteration)
+            if last_checkpoint(self.run_dir).is_file():
+                checkpoint = last_checkpoint(self.run_dir)
+        return faults.peer_failure_error(exc, rank=self.dist.rank, world_size=self.dist.world_size,
+                                         where=f"in epoch {epoch} after iteration {iteration}",
+                                         timeout_s=self.dist.timeout_s, run_dir=self.run_dir,
+                                         checkpoint=checkpoint, step=self.step)
 
     def result(self) -> TrainResult:
         """The run folder, the best epoch (:func:`~segtune.engine.checkpoints.best_index`) and every epoch's record."""
@@ -331,5 +385,7 @@ def train(cfg: Config, hooks: Sequence[Hook] = (), *, model: nn.Module | None = 
         DatasetError, WeightsError, ConfigError: bad input, before anything is written.
         TrainingError: the loss became non-finite (``weights/last.pt`` of the last epoch is kept).
         TrainingInterrupted: Ctrl-C or SIGTERM; ``weights/last.pt`` holds the exact state to resume.
+        DistributedError: under torch.distributed, another rank died or stopped answering; rank 0 wrote
+            ``weights/last.pt`` at the last step it completed.
     """
     return Trainer(cfg, hooks, model=model, dataset=dataset).fit()
