@@ -116,3 +116,11 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def cache_dir() -> Path:
+    """The user's cache: ``$SEGTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/segtune``, else ``~/.cache/segtune``."""
+    if os.environ.get("SEGTUNE_CACHE_DIR"):
+        return Path(os.environ["SEGTUNE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "segtune"

@@ -78,7 +78,7 @@ def test_config_yaml_repeats_the_run_settings(detector: Detector) -> None:
 def test_evaluate_reuses_the_saved_split(detector: Detector, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "eval.json"
-    assert main(["evaluate", str(detector.best), "--out", str(out)]) == 0
+    assert main(["evaluate", str(detector.best), "--out", str(out), "--amp", "none"]) == 0  # as training scored
     printed = capsys.readouterr().out
     assert "4 test images" in printed and "segm AP" in printed
     saved = json.loads(out.read_text())
@@ -159,14 +159,28 @@ def test_predict_and_evaluate_with_amp_bf16(detector: Detector, tmp_path: Path,
     bf16 = segtune.Predictor.from_checkpoint(run, amp="bf16")
     conv = next(m for m in bf16.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    # An exported file runs as it was exported: --amp with one is a clear error, not a traceback.
+    # An exported file runs as it was exported: --amp bf16 with one is a clear error, not a traceback.
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not read")
     capsys.readouterr()
     assert main(["predict", str(onnx), str(image), "--amp", "bf16"]) == 2
-    assert main(["evaluate", str(onnx), "--amp", "auto"]) == 2
+    assert main(["evaluate", str(onnx), "--amp", "bf16"]) == 2
     err = capsys.readouterr().err
     assert err.count("runs as it was exported") == 2 and "Traceback" not in err
+
+
+def test_predict_by_default_measures_the_number_format_once_then_remembers_it(
+        detector: Detector, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("SEGTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    image = detector.test_images[0]
+    for n, when in enumerate(("measured now", "remembered in")):
+        out = tmp_path / f"preds{n}"
+        assert main(["predict", str(detector.run), str(image), "--out", str(out)]) == 0
+        err = capsys.readouterr().err
+        assert "number formats:" in err and "--amp auto: the faster here (" in err and when in err
+        results = json.loads((out / "predictions.json").read_text())
+        assert all(found(truth(image), _detections(results, image.name)))  # whichever format won, it finds them
+    assert len(json.loads((tmp_path / "cache" / "fastest.json").read_text())) == 1
 
 
 def test_bad_data_path_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -82,7 +82,7 @@ def test_an_old_run_evaluates_and_predicts_as_the_old_code_did(old_run: tuple[Pa
     """Today's code on the old run gives the old code's own answers: the same detections of the same image
     (a model trained for 2 steps scores every box low, so both keep every ranked box) and the same metrics."""
     run, data = old_run
-    report = evaluate_checkpoint(run, device="cpu")
+    report = evaluate_checkpoint(run, device="cpu", amp="none")  # float32, as the old code ran
     assert report.num_images == 2 and set(report.metrics) == {"bbox", "segm"}
     old_metrics = json.loads((run.parents[1] / "old_metrics.json").read_text())
     for kind in ("bbox", "segm"):  # AP of 2 steps is about 0: the detections below are the sharper check
@@ -90,7 +90,7 @@ def test_an_old_run_evaluates_and_predicts_as_the_old_code_did(old_run: tuple[Pa
     images = split_images(run, "test")
     assert len(images) == 2 and all(Path(p).is_file() for p in images)
     old = torch.load(run.parents[1] / "old_prediction.pt", weights_only=True)
-    predictor = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0)
+    predictor = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0, amp="none")
     set_min_score(predictor.model, 0.0)
     prediction = predictor(data / "PNGImages" / "img001.png")
     assert len(prediction) == len(old["scores"]) > 0

@@ -56,7 +56,7 @@ def test_torchrun_two_cpu_processes_train_evaluate_and_resume(tmp_path: Path) ->
     assert history[0]["train"]["iters"] == 2 and history[0]["step"] == 2
 
     # Evaluation was split across the ranks and gathered: the same AP as one process on the same weights.
-    single = evaluate_checkpoint(run / "weights" / "last.pt", device="cpu")
+    single = evaluate_checkpoint(run / "weights" / "last.pt", device="cpu", amp="none")
     assert single.metrics == history[0]["metrics"]
 
     # The checkpoint rank 0 wrote resumes in a single process.

@@ -20,13 +20,13 @@ def test_a_high_score_threshold_runs_the_mask_head_on_fewer_boxes_and_answers_th
     model.roi_heads.mask_roi_pool.register_forward_hook(lambda m, args, out: rois.append(out.shape[0]))
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
-    everything = Predictor(model, ["a", "b"], score_threshold=0.0)(image)
+    everything = Predictor(model, ["a", "b"], score_threshold=0.0, amp="none")(image)
     scores = everything.scores.sort(descending=True).values
     assert len(scores) > 4
     threshold = float(scores[len(scores) // 2])  # a threshold that keeps half, the boundary score included
     kept = everything.scores >= threshold
     rois.clear()
-    high = Predictor(model, ["a", "b"], score_threshold=threshold)(image)
+    high = Predictor(model, ["a", "b"], score_threshold=threshold, amp="none")(image)
     assert rois == [int(kept.sum())]  # the mask head saw only what is kept
     assert model.roi_heads.score_thresh == 0.0  # the model is given back as it was
     order = everything.scores[kept].argsort(descending=True)
@@ -44,7 +44,7 @@ def test_amp_bf16_answers_in_float32_close_to_float32() -> None:
     model = build_from_config(cfg.model, num_classes=3, classes=["a", "b"], load_weights=False).eval()
     model.roi_heads.score_thresh = 0.0
     image = np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)
-    fp32 = Predictor(copy.deepcopy(model), ["a", "b"], score_threshold=0.0)(image)
+    fp32 = Predictor(copy.deepcopy(model), ["a", "b"], score_threshold=0.0, amp="none")(image)
     bf16_predictor = Predictor(model, ["a", "b"], score_threshold=0.0, amp="bf16")
     assert bf16_predictor.autocast_dtype == torch.bfloat16
     conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))

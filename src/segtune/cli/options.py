@@ -50,7 +50,8 @@ def section_flags(args: argparse.Namespace, section: str) -> dict[str, Any]:
 
 def add_amp_argument(parser: argparse.ArgumentParser) -> None:
     """``--amp`` of the commands that run a checkpoint's model (predict, evaluate)."""
-    parser.add_argument("--amp", choices=INFERENCE_AMP, default="none",
+    parser.add_argument("--amp", choices=INFERENCE_AMP, default="auto",
                         help="number format of a checkpoint's model: none (float32), bf16 (autocast with channels-last "
                         "weights: about 3x on a ResNet-50 where the CPU runs bfloat16 natively, slower on a small "
-                        "model, see docs/export.md), auto (bf16 where the CPU or GPU runs it natively) (default: none)")
+                        "model, see docs/export.md), auto (whichever of the two this machine runs the model faster "
+                        "in, measured once and remembered in the user's cache) (default: auto)")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from segtune.data.base import DetectionDataset, Problem
-from segtune.fileio import write_json
+from segtune.fileio import cache_dir, write_json
 from segtune.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -39,14 +39,6 @@ REPORT_VERSION = 2
 
 #: The folder beside the data that holds segtune's notes on it.
 BESIDE_DATA = ".segtune"
-
-
-def cache_dir() -> Path:
-    """The user's cache: ``$SEGTUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/segtune``, else ``~/.cache/segtune``."""
-    if os.environ.get("SEGTUNE_CACHE_DIR"):
-        return Path(os.environ["SEGTUNE_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "segtune"
 
 
 def check_folders(data_path: str | Path) -> list[Path]:

@@ -24,7 +24,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from segtune.data.check_cache import cache_dir
+from segtune.fileio import cache_dir
 from segtune.errors import ConfigError
 from segtune.fileio import atomic_write
 from segtune.version import __version__

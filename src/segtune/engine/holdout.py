@@ -39,7 +39,7 @@ class TestSetHook(Hook):
             return
         with trainer.clock.paused():
             report = evaluate_checkpoint(best, data=self.path, split="all", device=str(trainer.device),
-                                         workers=trainer.workers)
+                                         workers=trainer.workers, amp="none")  # float32: the reference figures
         write_json(Path(trainer.run_dir) / TEST_METRICS_FILE,
                    {"data": self.path, "checkpoint": str(best), "num_images": report.num_images,
                     "metrics": report.metrics})

@@ -176,7 +176,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
-    amp: str = "none",
+    amp: str = "auto",
 ) -> EvalReport:
     """Evaluate a segtune checkpoint, or a file written by ``segtune export``, on a split of its data set (the
     split saved with the run; an exported file's is its checkpoint's while that checkpoint is where it was
@@ -186,8 +186,9 @@ def evaluate_checkpoint(
         checkpoint: a ``.pt`` file, a run folder (its ``weights/best.pt`` is used), or an exported file.
         data: the data set folder, if it moved since training (default: the one in the checkpoint).
         split: ``test``, ``train`` or ``all``.
-        amp: ``none`` (float32), ``bf16`` or ``auto`` (bf16 where the CPU or GPU runs it natively): the
-            checkpoint's model run under autocast with channels-last weights; not for exported files.
+        amp: ``none`` (float32), ``bf16`` (autocast with channels-last weights) or ``auto`` (the faster of the
+            two for this model on this machine, measured once: :mod:`segtune.models.fastest`); an exported
+            file runs as it was exported.
     """
     dev = resolve_device(device)
     loaded = open_model(checkpoint, device=dev, amp=amp)

@@ -98,10 +98,11 @@ class Predictor:
     def __init__(self, model: nn.Module, classes: list[str], *, device: torch.device | str = "cpu",
                  score_threshold: float = 0.5, mask_threshold: float = 0.5,
                  category_ids: list[int] | None = None, keypoint_names: list[str] | None = None,
-                 skeleton: list[list[int]] | None = None, amp: str = "none") -> None:
+                 skeleton: list[list[int]] | None = None, amp: str = "auto") -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        # --amp bf16 | auto: channels-last weights under autocast (see docs/export.md for when it pays)
+        # --amp bf16: channels-last weights under autocast; auto (the default): float32 or that, whichever this
+        # machine runs the model faster in, measured once (segtune.models.fastest)
         self.autocast_dtype = inference_precision(self.model, amp, self.device)
         self.classes = list(classes)
         # The data set's own class ids (COCO category ids need not be 1..C); results are written with them.
@@ -116,18 +117,19 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str = "auto", score_threshold: float = 0.5,
-                        amp: str = "none") -> Predictor:
+                        amp: str = "auto") -> Predictor:
         """Load a segtune checkpoint (a ``.pt`` file or a run folder), or a file written by ``segtune export``
         (``.onnx``: run by ONNX Runtime; ``.torchscript``; any registered runtime's suffix). ``amp``
-        (none | bf16 | auto) is for a checkpoint's eager model; an exported file runs in the number format
-        it was exported in. Raises ``CheckpointError``, or ``ConfigError`` for ``amp`` with an exported file."""
+        (none | bf16 | auto: the faster of the two here, measured once) is for a checkpoint's eager model; an
+        exported file runs in the number format it was exported in. Raises ``CheckpointError``, or
+        ``ConfigError`` for ``amp="bf16"`` with an exported file."""
         dev = resolve_device(device)
         return cls.from_loaded(open_model(path, device=dev, amp=amp), device=dev, score_threshold=score_threshold,
                                amp=amp)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, *, device: torch.device | str = "cpu", score_threshold: float = 0.5,
-                    amp: str = "none") -> Predictor:
+                    amp: str = "auto") -> Predictor:
         """A predictor of a model opened by :func:`segtune.runtimes.open_model`."""
         return cls(loaded.model, loaded.classes, device=device, score_threshold=score_threshold,
                    mask_threshold=loaded.mask_threshold, category_ids=loaded.category_ids,

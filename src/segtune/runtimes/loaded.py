@@ -73,13 +73,13 @@ class LoadedModel:
         return checkpoint_data(ckpt, data, split), files
 
 
-def open_model(path: str | os.PathLike, *, device: torch.device | str = "cpu", amp: str = "none") -> LoadedModel:
+def open_model(path: str | os.PathLike, *, device: torch.device | str = "cpu", amp: str = "auto") -> LoadedModel:
     """Open ``path`` for inference: a ``.pt`` checkpoint or a run folder (its eager model), or a file written
     by ``segtune export`` (chosen by its suffix among the registered runtimes).
 
     ``amp`` (none | bf16 | auto) is for a checkpoint's eager model (the caller readies it,
     :func:`~segtune.models.precision.inference_precision`); an exported file runs in the number format
-    it was exported in, so anything else is a ConfigError.
+    it was exported in, so ``bf16`` with one is a ConfigError (``none`` and ``auto`` take the file as it is).
 
     Raises:
         CheckpointError: the file is missing, unreadable, or not what its suffix says.
@@ -88,7 +88,7 @@ def open_model(path: str | os.PathLike, *, device: torch.device | str = "cpu", a
     runtime = runtime_for_suffix(path)
     if runtime is None:
         return RUNTIMES.get("eager").open_checkpoint(path)
-    if amp != "none":
+    if amp not in ("none", "auto"):
         raise ConfigError(f"{path}: --amp {amp} runs a checkpoint's model under autocast; an exported file runs as "
                           "it was exported (give the checkpoint, or leave --amp out)")
     if not path.is_file():
