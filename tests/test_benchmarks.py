@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import SMALL_MODEL, TINY_MODEL, make_mask_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -96,7 +96,7 @@ def tta(monkeypatch, tmp_path):
 def test_a_run_under_a_budget_scores_every_step_once(tta, tmp_path, fake_training_clock, capsys):
     fake_training_clock(0.1)  # each reading of the training clock 0.1 s on: the same steps on any machine
     data = make_mask_folder(tmp_path / "data", n=6)
-    sets = {**TINY_MODEL, "data.test_size": 2, "train.batch_size": 2, "train.repeat": 1, "data.workers": 0,
+    sets = {**SMALL_MODEL, "data.test_size": 2, "train.batch_size": 2, "train.repeat": 1, "data.workers": 0,
             "train.ema": True}
     run = tta.run_one("cpu-scratch", 0, minutes=0.08, eval_every=0.01, sets=sets, data=str(data),
                       out=str(tmp_path / "runs"))
@@ -233,7 +233,7 @@ def test_the_adaptive_recipe_benchmark_runs_both_ways_and_adds_rows(bench, tmp_p
     module = bench("adaptive_recipe")
     monkeypatch.chdir(tmp_path)
     data = make_mask_folder(tmp_path / "data", n=6)
-    sets = [f"{k}={v}" for k, v in TINY_MODEL.items()] + ["data.test_size=2", "train.repeat=1"]
+    sets = [f"{k}={v}" for k, v in TINY_MODEL.items()] + ["data.test_size=2", "train.repeat=1"]  # 5 FPN levels to fit
     argv = ["adaptive_recipe.py", "--data", str(data), "--tag", "tiny", "--minutes", "0.02"]
     for s in sets:
         argv += ["--set", s]

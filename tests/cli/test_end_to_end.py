@@ -16,13 +16,13 @@ from PIL import Image
 
 from segtune.cli.main import main
 from segtune.evaluation import STAT_NAMES
-from tests.conftest import TINY_MODEL
+from tests.conftest import SMALL_MODEL
 from tests.detector import (BOX_COLOUR, CLASSES, DISC_COLOUR, MIN_AP, MIN_AP50, STEPS, Detector, found,
                             shapes_image, truth)
 
 
 def tiny_flags() -> list[str]:
-    return [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    return [f"{k}={v}" for k, v in SMALL_MODEL.items()]
 
 
 def test_the_test_detector_finds_the_shapes(detector: Detector) -> None:

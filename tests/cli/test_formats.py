@@ -14,7 +14,7 @@ from PIL import Image
 from segtune.cli.main import main
 from segtune.predict import Predictor, split_images
 from segtune.predict.writer import predict_to_folder
-from tests.conftest import TINY_MODEL
+from tests.conftest import SMALL_MODEL
 
 H, W = 64, 80
 # Two classes; each image has one rectangle of class 0 and (on odd images) one of class 1; image 4 is empty.
@@ -83,7 +83,7 @@ def make_labelme(root: Path) -> Path:
 
 def _train(data: Path, run: Path, *extra: str) -> int:
     return main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--max-iters-per-epoch", "1",
-                 "--test-size", "2", "--batch-size", "2", *extra, *[f"{k}={v}" for k, v in TINY_MODEL.items()]])
+                 "--test-size", "2", "--batch-size", "2", *extra, *[f"{k}={v}" for k, v in SMALL_MODEL.items()]])
 
 
 @pytest.mark.parametrize("fmt, make", [("coco", make_coco), ("yolo", make_yolo), ("labelme", make_labelme)])

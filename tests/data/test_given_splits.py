@@ -13,7 +13,7 @@ from segtune.cli.main import main
 from segtune.config import DataConfig
 from segtune.data import open_and_check
 from segtune.data.split import choose_split
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import SMALL_MODEL, make_mask_folder
 
 H, W = 48, 64
 
@@ -78,7 +78,7 @@ def roboflow_coco(root: Path) -> Path:
 def test_a_yolo_yaml_train_val_split_is_used_by_training(tmp_path: Path) -> None:
     data = ultralytics_yaml(tmp_path / "yolo", {"train": 4, "val": 2})
     run = tmp_path / "run"
-    overrides = [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    overrides = [f"{k}={v}" for k, v in SMALL_MODEL.items()]
     code = main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--max-iters-per-epoch", "1",
                  "--tensorboard", "false", "--val-loss", "false", "--model", "maskrcnn_resnet50_fpn", *overrides])
     assert code == 0
@@ -128,7 +128,7 @@ def test_a_validation_set_of_its_own_is_evaluated_and_found_again(tmp_path: Path
     val_data = make_mask_folder(tmp_path / "val", n=2, seed=2, empty=())
     test_data = make_mask_folder(tmp_path / "test", n=3, seed=3, empty=())
     run = tmp_path / "run"
-    overrides = [f"{k}={v}" for k, v in TINY_MODEL.items()]
+    overrides = [f"{k}={v}" for k, v in SMALL_MODEL.items()]
     assert main(["train", "--data", str(train_data), "--val-data", str(val_data), "--test-data", str(test_data),
                  "--out", str(run), "--epochs", "1", "--max-iters-per-epoch", "1", "--tensorboard", "false",
                  *overrides]) == 0

@@ -17,14 +17,9 @@ import torch
 
 from segtune.cli.main import main
 from segtune.evaluation import evaluate_checkpoint
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import SMALL_MODEL, make_mask_folder
 
 ROOT = Path(__file__).resolve().parents[2]
-#: A Mask R-CNN on a small ResNet-18 FPN (as tests/engine/test_adapt.py's), on TINY_MODEL's small images:
-#: about 0.5 s a step for each of two processes on 2 cores, and a 90 MB last.pt.
-SMALL_MODEL = {**TINY_MODEL, "model.name": "maskrcnn", "model.backbone": "resnet18", "model.fpn_channels": 32,
-               "model.fpn_levels": 3, "model.anchor_sizes": "32,64,128,256", "model.box_head_dim": 64,
-               "model.mask_head_channels": 16, "model.mask_hidden": 16}
 
 
 def _free_port() -> int:
@@ -43,7 +38,7 @@ def test_torchrun_two_cpu_processes_train_evaluate_and_resume(tmp_path: Path) ->
            # Contiguous weights, as evaluate_checkpoint's model has: channels-last convolutions round differently,
            # and this random-weight model's many near-threshold detections would move the AP in its last digits.
            "--memory-format", "contiguous",
-           *[f"{k}={v}" for k, v in TINY_MODEL.items()]]
+           *[f"{k}={v}" for k, v in SMALL_MODEL.items()]]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

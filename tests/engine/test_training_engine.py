@@ -15,7 +15,7 @@ import torch
 from segtune.cli.main import main
 from segtune.engine import configure, train
 from segtune.engine.hooks import CallbackHook
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import SMALL_MODEL, make_mask_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +28,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def settings(data: Path, out: Path, **extra) -> dict:
     return {"data.path": str(data), "train.out": str(out), "train.epochs": 2, "train.max_iters_per_epoch": 3,
             "data.test_size": 2, "train.batch_size": 1, "train.print_freq": 1, "train.tensorboard": False,
-            **TINY_MODEL, **extra}
+            **SMALL_MODEL, **extra}
 
 
 def weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
@@ -91,7 +91,7 @@ def test_sigint_writes_last_pt_and_exits_with_a_resume_hint(data: Path, tmp_path
     run = tmp_path / "run"
     args = ["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "1",
             "--test-size", "2", "--print-freq", "1", "--tensorboard", "false",
-            *[f"{k}={v}" for k, v in TINY_MODEL.items()]]
+            *[f"{k}={v}" for k, v in SMALL_MODEL.items()]]
     script = tmp_path / "sigint_at_step.py"
     script.write_text(_SIGINT_AT_STEP)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -168,7 +168,7 @@ def test_bf16_autocast_on_cpu_trains_and_warns_where_the_cpu_lacks_bf16(
 
 def test_fp16_on_cpu_is_a_clear_error(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--amp", "fp16", "--device", "cpu",
-                 *[f"{k}={v}" for k, v in TINY_MODEL.items()]]) == 2
+                 *[f"{k}={v}" for k, v in SMALL_MODEL.items()]]) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
 
 

@@ -16,7 +16,7 @@ from segtune.data import CocoDataset, build_dataset, prepare
 from segtune.engine import configure, train
 from segtune.engine.val_loss import ValidationLoss, validation_loss
 from segtune.models import build_model
-from tests.conftest import TINY_MODEL, make_mask_folder
+from tests.conftest import SMALL_MODEL, make_mask_folder
 from tests.models.helpers import SCRATCH, SMALL
 
 
@@ -28,7 +28,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_validation_loss_is_in_the_metrics_and_the_plot(data: Path, tmp_path: Path) -> None:
     settings = {"data.path": str(data), "train.out": str(tmp_path / "run"), "train.epochs": 2,
                 "train.max_iters_per_epoch": 2, "data.test_size": 2, "train.batch_size": 2,
-                "train.tensorboard": False, **TINY_MODEL,
+                "train.tensorboard": False, **SMALL_MODEL,
                 # GroupNorm: an untrained BatchNorm model's eval-mode losses (what evaluation sees) can overflow
                 "model.norm": "gn"}
     result = train(configure(("test", settings)))

@@ -280,6 +280,17 @@ def max_over_ranks(value: int) -> int:
     return int(tensor.item())
 
 
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers of ``model`` (BatchNorm's running statistics), in place; nothing
+    when alone. Without SyncBN each rank's statistics follow its own batches, and DDP sends rank 0's only
+    at the next training forward: evaluated as they are, each rank would score a slightly different model
+    from the one rank 0 saves."""
+    if get_world_size() == 1:
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=src)
+
+
 def reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
     """The mean over ranks of each value (e.g. loss terms for the log), as plain floats.
 

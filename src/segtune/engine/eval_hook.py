@@ -32,6 +32,7 @@ class EvaluationHook(Hook):
     def score(self, trainer: TrainerView, model: nn.Module) -> EvalReport:
         """COCO metrics of ``model`` on the test split, against the ground truth built once."""
         cfg = trainer.cfg
+        dist.broadcast_buffers(model)  # every rank scores the model rank 0 saves
         return evaluate_model(
             model, trainer.test_ds, trainer.run.classes, device=trainer.device, batch_size=cfg.eval.batch_size,
             workers=trainer.workers, mask_threshold=cfg.eval.mask_threshold, gt=self.gt,
