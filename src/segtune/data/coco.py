@@ -28,7 +28,9 @@ from segtune.data.coco_json import is_int as _is_int
 from segtune.data.coco_json import (categories_by_id, has_top_level_keys, merge_split_files, not_classes, single_file,
                                     split_files)
 from segtune.data.coco_json import read_json as _read_json
+from segtune.data.images import max_pixels
 from segtune.data.polygons import MAX_COORDINATE, is_coordinate
+from segtune.data.root import is_file
 from segtune.errors import DatasetError
 
 def _key(value: Any) -> int | None:
@@ -71,7 +73,7 @@ def _default_image_root(annotation_file: Path, names: list[str]) -> Path:
     if not relative:
         return here
     for folder in folders:
-        if any((folder / name).is_file() for name in relative):  # a few tell (100,000 stats would not)
+        if any(is_file(folder / name) for name in relative):  # a few tell (100,000 stats would not)
             return folder
     raise DatasetError(
         f"{annotation_file}: none of its {len(names)} images (first: '{names[0]}') were found under "
@@ -150,7 +152,7 @@ class CocoDataset(DetectionDataset):
         self._annotations = self._read_annotations(data["annotations"], images)
         del data  # the parsed JSON can be large; keep only what _instances needs
 
-        missing = [image for image in images.values() if not (self.root / image.file_name).is_file()]
+        missing = [image for image in images.values() if not is_file(self.root / image.file_name)]
         for n, image in enumerate(missing):
             self.problem("missing-image", self.annotation_file,
                          f"image {image.id} points to '{image.file_name}', which is missing under {self.root}"
@@ -199,7 +201,14 @@ class CocoDataset(DetectionDataset):
         for cat in ordered:  # torchvision's keypoint heads predict one K for all classes: take the first
             if isinstance(cat.get("keypoints"), list) and cat["keypoints"]:
                 self.keypoint_names = [str(k) for k in cat["keypoints"]]
-                self.skeleton = [list(pair) for pair in cat.get("skeleton") or []]
+                skeleton, k = cat.get("skeleton") or [], len(self.keypoint_names)
+                if not (isinstance(skeleton, list) and all(
+                        isinstance(pair, list) and len(pair) == 2 and all(_is_int(v) and 1 <= v <= k for v in pair)
+                        for pair in skeleton)):
+                    self.problem("bad-keypoints", where, f"category {cat['id']}: 'skeleton' must list pairs of "
+                                 f"keypoint numbers 1..{k}, got {skeleton!r:.60}; ignored", WARNING)
+                    skeleton = []
+                self.skeleton = [list(pair) for pair in skeleton]
                 break
 
     def _read_images(self, entries: list[Any]) -> dict[int, _Image]:
@@ -222,8 +231,13 @@ class CocoDataset(DetectionDataset):
                              f"{image_id}); the second is ignored")
                 continue
             height, width = entry.get("height"), entry.get("width")
-            images[image_id] = _Image(image_id, name, height if _is_int(height) else None,
-                                      width if _is_int(width) else None)
+            if (height, width) != (None, None) and not (_is_int(height) and _is_int(width) and height > 0
+                                                        and width > 0 and height * width <= max_pixels()):
+                # evaluation sizes masks by these without decoding the image: never a size no image can have
+                self.problem("bad-entry", where, f"image {image_id} '{name}': height {height!r:.30} and width "
+                             f"{width!r:.30} are not an image size; the file's own size is used", WARNING)
+                height = width = None
+            images[image_id] = _Image(image_id, name, height, width)
             by_name[name] = image_id
         return images
 

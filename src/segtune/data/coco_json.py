@@ -146,7 +146,7 @@ def merge_split_files(files: dict[str, Path]) -> tuple[dict[str, Any], dict[str,
     roles: dict[str, list[str]] = {}
     for role, path in files.items():
         data = read_json(path)
-        cats = sorted((c.get("id"), c.get("name")) for c in data["categories"] if isinstance(c, dict))
+        cats = sorted(((c.get("id"), c.get("name")) for c in data["categories"] if isinstance(c, dict)), key=repr)
         if merged["categories"] is None:
             merged["categories"], first, first_cats = data["categories"], path, cats
         elif cats != first_cats:
@@ -157,12 +157,15 @@ def merge_split_files(files: dict[str, Path]) -> tuple[dict[str, Any], dict[str,
         for image in data["images"]:
             if not isinstance(image, dict):
                 continue
-            new_id[image.get("id")] = len(merged["images"]) + 1
             name = f"{prefix}/{image.get('file_name')}"
-            merged["images"].append({**image, "id": new_id[image.get("id")], "file_name": name})
+            if not is_int(image.get("id")):  # kept as it is, so the reader names it (an id is an integer)
+                merged["images"].append({**image, "file_name": name})
+                continue
+            new_id[image["id"]] = len(merged["images"]) + 1
+            merged["images"].append({**image, "id": new_id[image["id"]], "file_name": name})
             roles.setdefault(role, []).append(name)
         for ann in data["annotations"]:
-            if isinstance(ann, dict) and ann.get("image_id") in new_id:
+            if isinstance(ann, dict) and is_int(ann.get("image_id")) and ann["image_id"] in new_id:
                 merged["annotations"].append({**ann, "id": len(merged["annotations"]) + 1,
                                               "image_id": new_id[ann["image_id"]]})
     return merged, roles
@@ -190,7 +193,8 @@ def categories_by_id(categories: list[Any], where: Path) -> dict[int, dict[str, 
 def not_classes(by_id: dict[int, dict[str, Any]], used: set[int | None]) -> dict[int, str]:
     """The categories that are no class to learn, and why: a background category (labelme2coco's
     ``_background_``), and one that is only the ``supercategory`` of others and labels nothing (Roboflow's id 0)."""
-    parents = {c.get("supercategory") for c in by_id.values() if c.get("supercategory") != c["name"]}
+    parents = {c["supercategory"] for c in by_id.values()  # a name; anything else in the field names no category
+               if isinstance(c.get("supercategory"), str) and c["supercategory"] != c["name"]}
     dropped: dict[int, str] = {}
     for cat_id, cat in sorted(by_id.items()):
         if cat["name"] in BACKGROUND_NAMES:

@@ -55,10 +55,14 @@ def _checked(img: Image.Image, name: object) -> Image.Image:
     return img
 
 
+#: What Pillow raises, besides OSError, on a header it cannot parse (a PNG whose IHDR chunk is cut short: ValueError).
+_HEADER_ERRORS = (ValueError, SyntaxError, EOFError)
+
+
 def _open_bytes(data: bytes, name: str | None) -> Image.Image:
     try:
         return _checked(Image.open(io.BytesIO(data)), name or "embedded image")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, *_HEADER_ERRORS) as e:
         raise DatasetError(f"{name or 'embedded image'}: not a readable image ({e})") from None
 
 
@@ -67,7 +71,7 @@ def _open_path(path: Path) -> Image.Image:
         return _checked(Image.open(path), path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: file not found") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, *_HEADER_ERRORS) as e:
         raise DatasetError(f"{path}: not a readable image ({e})") from None
 
 

@@ -33,8 +33,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink, relative_name
-from segtune.data.images import load_rgb, read_size
+from segtune.data.images import load_rgb, max_pixels, read_size
 from segtune.data.polygons import circle_mask, is_coordinate, polygons_to_mask, rectangle_polygon
+from segtune.data.root import is_file
 from segtune.errors import DatasetError
 
 #: Label names LabelMe's own tools reserve (ignored regions, background); never classes here.
@@ -214,10 +215,10 @@ class LabelmeDataset(DetectionDataset):
         written = image_path.replace("\\", "/")
         image = Path(os.path.normpath(path.parent / written))
         beside = path.parent / written.rsplit("/", 1)[-1]  # the same name next to the JSON
-        if not image.is_file() and beside.is_file():
+        if not is_file(image) and is_file(beside):
             image = beside
         embedded = False
-        if not image.is_file():
+        if not is_file(image):
             if not (isinstance(data.get("imageData"), str) and data["imageData"]):
                 self.problem("missing-image", path, f"imagePath '{image_path}' points to {image}, which does not "
                              f"exist, and the file embeds no imageData")
@@ -249,6 +250,10 @@ class LabelmeDataset(DetectionDataset):
             if label in RESERVED_LABELS:
                 continue
             kind = shape.get("shape_type") or "polygon"  # LabelMe before 3.0 wrote no shape_type
+            if not isinstance(kind, str):
+                self.problem("bad-label-file", path, f"shape {s}: 'shape_type' must be a name such as 'polygon', "
+                             f"got {kind!r:.40}; left out")
+                continue
             if kind in AREALESS_SHAPES:
                 areales.append(f"{s} ({kind})")
                 continue
@@ -260,6 +265,10 @@ class LabelmeDataset(DetectionDataset):
             if part is None:
                 continue
             group_id = shape.get("group_id")
+            if isinstance(group_id, (list, dict)):  # LabelMe writes a number (or null); these cannot key a group
+                self.problem("bad-label-file", path, f"shape {s}: 'group_id' must be a number or null, "
+                             f"got {group_id!r:.40}; left out")
+                continue
             if group_id is None:
                 obj = _Object(label, s)
                 objects.append(obj)
@@ -287,10 +296,14 @@ class LabelmeDataset(DetectionDataset):
         if kind != "mask":
             return _Part(kind, points)
         try:
-            encoded = base64.b64decode(shape.get("mask") or "", validate=True)
+            text = shape.get("mask")
+            encoded = base64.b64decode(text if isinstance(text, str) else "", validate=True)
             with Image.open(io.BytesIO(encoded)) as img:
+                if img.width * img.height > max_pixels():  # checked from the header, before decoding
+                    raise ValueError(f"{img.width} x {img.height} pixels is more than segtune decodes from one "
+                                     f"image ({max_pixels()} pixels)")
                 mask = np.asarray(img.convert("L")) > 0
-        except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as e:
+        except (binascii.Error, ValueError, UnidentifiedImageError, OSError, SyntaxError) as e:
             self.problem("bad-label-file", path, f"shape {s}: 'mask' is not a base64 PNG ({e})")
             return None
         return _Part(kind, points, mask)
@@ -326,7 +339,7 @@ class LabelmeDataset(DetectionDataset):
         try:
             data = json.loads(annotation.json_path.read_text(encoding="utf-8"))
             return base64.b64decode(data["imageData"], validate=False)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, binascii.Error) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{annotation.json_path}: cannot read the embedded imageData ({e})") from None
 
     def read_image(self, index: int) -> np.ndarray:

@@ -89,14 +89,19 @@ def load_class_map(path: str | os.PathLike) -> tuple[list[str], dict[int, str]]:
     """Read a class map file: ``classes: [names]`` and optional ``values: {value or colour: name}``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON: one parser for both
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))  # YAML is a superset of JSON: one parser for both
     except FileNotFoundError:
         raise DatasetError(f"{path}: class map file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: cannot read the class map ({e})") from None
     except yaml.YAMLError as e:
         raise DatasetError(f"{path}: not valid YAML/JSON ({e})") from None
     if not isinstance(data, dict) or not isinstance(data.get("classes"), list) or not data["classes"]:
         raise DatasetError(f"{path}: a class map needs 'classes: [name, ...]' (and optionally 'values: {{value: name}}')")
     classes = [str(c) for c in data["classes"]]
+    if not isinstance(data.get("values") or {}, dict):
+        raise DatasetError(f"{path}: 'values' must map mask values or colours to class names "
+                           f"({{1: name, '#ff0000': name}}), got {data['values']!r:.60}")
     values = {parse_value(k, str(path)): str(v) for k, v in (data.get("values") or {}).items()}
     unknown = sorted({v for v in values.values() if v not in classes})
     if unknown:
@@ -203,6 +208,9 @@ class MaskFolderDataset(DetectionDataset):
             stem = orphan.stem.removesuffix(mask_suffix) if orphan.stem.endswith(mask_suffix) else orphan.stem
             self.problem("missing-image", orphan, f"mask has no image (looked for {self.images_root}/{stem}.*)"
                          + (f"; {len(masks_by_stem) - 1} more masks lack images" if len(masks_by_stem) > 1 and not n else ""))
+        if not pairs and missing:  # images, but none with its mask: say where the masks were looked for
+            raise DatasetError(f"{self.masks_root}: none of the {len(missing)} images has a mask (for "
+                               f"{missing[0].name} it would be {self.masks_root / (missing[0].stem + mask_suffix)}.*)")
         if not pairs:
             raise DatasetError(f"{self.images_root}: no images found (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         self._masks = pairs

@@ -16,6 +16,15 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
+def is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a path the system refuses (a name over 255 bytes, a path too long) rather
+    than its OSError: an annotation can name anything, and such an image is missing like any other."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 class _Resolver:
     """Real (symlink-free) paths of files, resolving each folder once."""
 

@@ -33,7 +33,9 @@ import torch
 from segtune.data.base import FORMATS, WARNING, DetectionDataset, Instances, ProblemSink, relative_name
 from segtune.data.images import IMAGE_EXTENSIONS
 from segtune.data.polygons import is_coordinate, polygons_to_mask, rectangle_polygon
-from segtune.data.yolo_yaml import SPLIT_KEYS, class_names, find_names_file, has_names, read_yaml, split_yaml
+from segtune.data.root import is_file
+from segtune.data.yolo_yaml import (NAME_FILES, SPLIT_KEYS, class_names, find_names_file, has_names, read_yaml,
+                                    split_yaml)
 from segtune.errors import DatasetError
 
 #: The largest YOLO coordinate (a fraction of the image size) read as a place rather than a broken number.
@@ -131,6 +133,8 @@ class YoloDataset(DetectionDataset):
         else:
             self.root = path
             if not (path / "images").is_dir():
+                for yaml_file in (path / name for name in NAME_FILES if (path / name).is_file()):
+                    class_names(read_yaml(yaml_file), yaml_file)  # a split export's YAML that is broken: say how
                 raise DatasetError(f"{path / 'images'}: images folder not found (a YOLO data set holds images/ "
                                    "and labels/, or pass its data YAML as --data)")
             self.names_file = find_names_file(path)
@@ -143,6 +147,9 @@ class YoloDataset(DetectionDataset):
 
         per_key = {key: self._collect_images(found) for key, found in by_key.items()}
         images = [image for listed in per_key.values() for image in listed]
+        if not images:  # name what lists the images (the data YAML, or the images folder) and where it looked
+            raise DatasetError(f"{path if path.is_file() else path / 'images'}: no images found in "
+                               f"{', '.join(str(s) for s in sources)} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
         key_of: dict[Path, str] = {}  # which entry listed each image (the first, where entries overlap)
         for key, listed in per_key.items():
             for image in listed:
@@ -240,7 +247,7 @@ class YoloDataset(DetectionDataset):
             if not line:
                 continue
             image = path.parent / line if not Path(line).is_absolute() else Path(line)
-            if image.is_file():
+            if is_file(image):
                 images.append(Path(os.path.normpath(image)))
                 self._listed[images[-1]] = (path, n, line)
             else:
