@@ -17,7 +17,7 @@ from segtune.engine import configure, train
 from segtune.export import compare, export_model
 from segtune.fileio import current_umask
 from segtune.predict import Predictor
-from tests.conftest import make_mask_folder, short_run_settings
+from tests.conftest import TINY_MODEL, make_mask_folder, short_run_settings
 from tests.detector import CLASSES, Detector, found, shapes_image
 
 
@@ -45,7 +45,7 @@ def test_an_exported_model_gives_the_eager_detections(run_dir: Path, tmp_path: P
     assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()  # the usual permissions, not mkstemp's 0600
     meta = json.loads((tmp_path / f"model.{fmt}.json").read_text())
     assert meta["classes"] == CLASSES and meta["format"] == fmt and meta["outputs"][-1] == "masks"
-    eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0)
+    eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0, amp="none")
     exported = Predictor.from_checkpoint(out, device="cpu", score_threshold=0.0)
     compared = 0
     for path in _images(tmp_path):
@@ -80,7 +80,7 @@ def test_a_file_that_keeps_no_detection_returns_none(run_dir: Path, tmp_path: Pa
 def test_an_exported_model_evaluates_as_its_checkpoint_does(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "model.onnx"
     export_model(run_dir, "onnx", out=out, exporter="legacy")
-    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "eager.json")]) == 0
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "eager.json"), "--amp", "none"]) == 0
     assert main(["evaluate", str(out), "--out", str(tmp_path / "onnx.json")]) == 0
     eager = json.loads((tmp_path / "eager.json").read_text())["metrics"]
     onnx = json.loads((tmp_path / "onnx.json").read_text())["metrics"]
@@ -140,10 +140,14 @@ def test_a_detection_only_model_and_the_cpu_recipe_export_with_parity(tmp_path: 
     data = make_mask_folder(tmp_path / "data", n=6)
     settings = short_run_settings(data, tmp_path / "run", **{"data.test_size": 2, "train.max_iters_per_epoch": 1,
                                                               "train.report": False})
-    settings.update({"train.preset": "cpu-scratch"} if model == "cpu-scratch" else {"model.name": model})
+    if model == "cpu-scratch":
+        settings["train.preset"] = "cpu-scratch"
+    else:  # the torchvision architecture at TINY_MODEL's size, not the short run's own small model
+        settings = {**{k: v for k, v in settings.items() if not k.startswith("model.")}, **TINY_MODEL,
+                    "model.name": model}
     run = train(configure(("test", settings))).run_dir
     images = _photo_sized_images(tmp_path / "photos") + [_images(tmp_path)[-1]]  # + a blank image
-    eager = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0)
+    eager = Predictor.from_checkpoint(run, device="cpu", score_threshold=0.0, amp="none")
     for fmt in ("onnx", "torchscript"):
         out = tmp_path / f"m.{fmt}"
         assert export_model(run, fmt, out=out, exporter="legacy").parity.ok
@@ -160,24 +164,25 @@ def test_segtune_benchmark_prints_every_path_and_writes_json(run_dir: Path, caps
     table = capsys.readouterr().out
     assert "ms / image, score >= 0.5 |" in table
     rows = json.loads((run_dir / "benchmark.json").read_text())["rows"]
-    assert [r["path"] for r in rows] == ["eager", "eager-bf16", "torchscript", "onnx"]
+    assert [r["path"] for r in rows] == ["eager", "eager-bf16", "torchscript", "onnx", "openvino"]
     for r in rows:
         assert f"| {r['path']} |" in table
-        if r["path"] in ("torchscript", "onnx"):
+        if r["path"] in ("torchscript", "onnx", "openvino"):
             assert r["status"] == "parity passed" and r["size_mb"] > 0
         if r["status"] in ("ok", "parity passed"):
             assert r["bbox_ap"] is not None and r["segm_ap"] is not None and r["ms_per_image"] > 0
             assert r["predict_ms_per_image"] > 0  # timed again at prediction settings (score >= 0.5)
         else:
             assert r["path"] == "eager-bf16" and r["status"].startswith("skipped: this CPU has no native")
-    eager, onnx = rows[0], rows[-1]
+    eager, onnx, openvino = rows[0], rows[-2], rows[-1]
     assert abs(eager["segm_ap"] - onnx["segm_ap"]) <= 0.005
+    assert abs(eager["segm_ap"] - openvino["segm_ap"]) <= 0.005
 
 
 def test_a_file_exported_with_a_score_threshold_drops_low_scores_itself(run_dir: Path, tmp_path: Path,
                                                                          caplog) -> None:
     image = _images(tmp_path)[0]
-    eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0)
+    eager = Predictor.from_checkpoint(run_dir, device="cpu", score_threshold=0.0, amp="none")
     scores = eager(image).scores.sort().values
     gaps = [k for k in range(1, len(scores)) if scores[k] - scores[k - 1] > 2e-3]
     assert gaps  # a threshold between two scores: ONNX's scores differ from eager's in the 7th digit

@@ -86,5 +86,5 @@ def test_segtune_benchmark_reads_the_checkpoint_once(toy_run, monkeypatch) -> No
     monkeypatch.setattr(torch, "load", counting)
     assert main(["benchmark", str(run), "--images", "1"]) == 0
     rows = json.loads((run / "benchmark.json").read_text())["rows"]
-    assert [r["path"] for r in rows] == ["eager", "eager-bf16", "torchscript", "onnx"]
+    assert [r["path"] for r in rows] == ["eager", "eager-bf16", "torchscript", "onnx", "openvino"]
     assert [Path(f).name for f in loads] == ["best.pt"]

@@ -1,4 +1,4 @@
-"""``segtune benchmark``: eager, bf16, TorchScript and ONNX Runtime side by side on a run's test split."""
+"""``segtune benchmark``: eager, bf16, TorchScript, ONNX Runtime and OpenVINO side by side on a run's test split."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from segtune.export.benchmark import BENCHMARK_JSON, benchmark_run, markdown
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("benchmark", help="every way to run a trained model: status, size, AP, ms per image",
                        description="Run a trained model every way segtune can (eager fp32, eager bf16 in channels-last "
-                       "where the CPU has native bfloat16, TorchScript, ONNX Runtime: exported and checked first) on the "
-                       "run's test split: status, file size, bbox and segm AP, median ms per image at batch 1 "
-                       "and images per second, at evaluation settings (every detection the model keeps, masks "
+                       "where the CPU has native bfloat16, TorchScript, ONNX Runtime, OpenVINO: exported and checked "
+                       "first) on the run's test split: status, file size, bbox and segm AP, median ms per image at "
+                       "batch 1 and images per second, at evaluation settings (every detection the model keeps, masks "
                        "pasted at image size) and at prediction settings (score >= --score-threshold, dropped "
                        f"inside the model). Prints a Markdown table and writes RUN/{BENCHMARK_JSON}.")
     p.add_argument("run_dir", metavar="RUN", help="a run folder, or a checkpoint")

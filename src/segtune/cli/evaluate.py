@@ -14,7 +14,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("evaluate", help="COCO AP of a checkpoint (bbox, and segm / keypoints)",
                        description="Evaluate a checkpoint (or an exported model) on the test split saved with its run.")
     p.add_argument("checkpoint", help="a .pt checkpoint, a run folder (uses weights/best.pt), or a file "
-                   "written by segtune export (.onnx, .torchscript)")
+                   "written by segtune export (.onnx, .torchscript, .xml: OpenVINO IR)")
     p.add_argument("--data", help="data set folder, if not the one the checkpoint was trained on")
     p.add_argument("--split", choices=["test", "train", "all"], default="test", help="which images (default: test)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")

@@ -1,4 +1,4 @@
-"""``segtune export``: a checkpoint's model as a file of a registered runtime (ONNX, TorchScript, ...) with a
+"""``segtune export``: a checkpoint's model as a file of a registered runtime (ONNX, TorchScript, OpenVINO, ...) with a
 sidecar JSON, checked."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from segtune.runtimes import RUNTIMES, export_formats
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("export", help="write the model as ONNX or TorchScript, checked against the checkpoint",
+    p = sub.add_parser("export", help="write the model as ONNX, TorchScript or OpenVINO IR, checked against the "
+                       "checkpoint",
                        description="Export a checkpoint's model to a file that takes one RGB image (float32 "
                        "[3, H, W] in 0..1, any size) and returns boxes, labels, scores and masks pasted to the "
                        "image, with a sidecar JSON (class names, category ids, thresholds, input sizes). The file "

@@ -16,7 +16,7 @@ def add_parser(sub: Any) -> None:
                        "write one picture per image plus predictions.json (COCO results), and per video an "
                        "annotated video plus its per-frame results.")
     p.add_argument("checkpoint", help="a .pt checkpoint, a run folder (uses weights/best.pt), or a file "
-                   "written by segtune export (.onnx, .torchscript)")
+                   "written by segtune export (.onnx, .torchscript, .xml: OpenVINO IR)")
     p.add_argument("inputs", nargs="*", help="image files, folders, or glob patterns")
     p.add_argument("--split", choices=["test", "train"], help="predict on this split of the run's data set instead")
     p.add_argument("--data", help="with --split: the run's data set, if it moved since training")

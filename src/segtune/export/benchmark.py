@@ -1,8 +1,8 @@
 """Owns ``segtune benchmark RUN``: every way to run a trained model, side by side on its test split.
 
 Rows: eager fp32, eager bf16 (channels-last + CPU autocast; only where the CPU runs bfloat16 natively), then
-every registered runtime that exports -- ONNX Runtime, TorchScript, a plug-in's -- each exported from the
-one opened checkpoint and checked by :func:`segtune.export.export_loaded` first. Columns:
+every registered runtime that exports -- TorchScript, ONNX Runtime, OpenVINO, a plug-in's -- each exported
+from the one opened checkpoint and checked by :func:`segtune.export.export_loaded` first. Columns:
 status (ok, parity passed, or failed and why), file size, bbox and segm AP on the whole test split
 from that path, and the median milliseconds per image at batch 1 (after two warm-up images) with
 images per second, at evaluation settings (every detection the model keeps, its masks pasted at

@@ -141,7 +141,7 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
             raise ConfigError(f"{name}: has no score threshold inside it to set")
         set_min_score(model, score_threshold)
     family = family_of(model)
-    family.ready_for_export(model, fmt)
+    family.ready_for_export(model, runtime.graph_format)  # OpenVINO's IR is converted from the ONNX file
     generator = torch.Generator().manual_seed(0)
     sample = torch.rand(3, *sample_size, generator=generator)
     # A second image of another shape: a file that took the sample's size as fixed fails on it.
@@ -149,7 +149,7 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
     with torch.inference_mode():
         reference, other_reference = model([sample])[0], model([other])[0]
     request = ExportRequest(outputs=output_names(model, reference), opset=opset, exporter=exporter)
-    if fmt == "onnx" and exporter == "auto" and not family.dynamo_onnx:
+    if runtime.graph_format == "onnx" and exporter == "auto" and not family.dynamo_onnx:
         request.exporter = "legacy"
         request.notes.append(f"the TorchScript-based exporter (torch's dynamo exporter does not handle {family.name} "
                              f"models)")
@@ -157,22 +157,28 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    # The files the file needs beside it (OpenVINO's .bin), the file, its sidecar: written under temporary
+    # names, renamed in that order only after the check, every one removed if anything fails.
+    moves = [*zip(runtime.companions(tmp), runtime.companions(path)), (tmp, path),
+             (sidecar_path(tmp), sidecar_path(path))]
     try:
         used = runtime.export(model, sample, tmp, request)
-        meta = _sidecar(loaded, model, fmt, request.outputs, used, opset if fmt == "onnx" else None)
+        meta = _sidecar(loaded, model, fmt, request.outputs, used,
+                        opset if runtime.graph_format == "onnx" else None)
         write_json(sidecar_path(tmp), meta)
-        exported = runtime.load(tmp, meta, device=torch.device("cpu"))
+        exported = runtime.load_for_check(tmp, meta)
         with torch.inference_mode():
             parity = compare(reference, exported([sample])[0], score_threshold=0.0)
             parity.problems += _other_size_problems(exported, other, other_reference)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-        os.replace(sidecar_path(tmp), sidecar_path(path))
+        for written, final in moves:
+            os.replace(written, final)
     finally:
-        for leftover in (tmp, sidecar_path(tmp)):
-            leftover.unlink(missing_ok=True)
+        for written, _ in moves:
+            written.unlink(missing_ok=True)
     seconds = time.perf_counter() - start
+    size_mb = sum(final.stat().st_size for _, final in moves[:-1]) / 2**20  # the file and its companions
     return ExportResult(path=path, sidecar=sidecar_path(path), format=fmt, exporter=used, seconds=seconds,
-                        size_mb=path.stat().st_size / 2**20, parity=parity, notes=request.notes)
+                        size_mb=size_mb, parity=parity, notes=request.notes)
 
 

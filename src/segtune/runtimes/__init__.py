@@ -1,5 +1,5 @@
-"""Inference runtimes: one module per format (eager, ONNX Runtime, TorchScript), registered in :data:`RUNTIMES`,
-and :func:`open_model`, which opens a checkpoint or an exported file once per command.
+"""Inference runtimes: one module per format (eager, ONNX Runtime, TorchScript, OpenVINO), registered in
+:data:`RUNTIMES`, and :func:`open_model`, which opens a checkpoint or an exported file once per command.
 
 Sits above ``segtune.models`` (the eager runtime rebuilds a checkpoint's model) and below evaluation,
 prediction and export, which all go through it. A new runtime is one module with a :class:`Runtime`
@@ -11,7 +11,7 @@ from segtune.runtimes.base import (
     runtime_for_suffix, sidecar_path,
 )
 # Each registers its runtime; the order is benchmark's row order and export's list of formats.
-from segtune.runtimes import eager, torchscript, onnx  # noqa: F401,E402,I001
+from segtune.runtimes import eager, torchscript, onnx, openvino  # noqa: F401,E402,I001
 from segtune.runtimes.loaded import LoadedModel, open_model
 
 __all__ = [

@@ -67,12 +67,25 @@ class Runtime:
         suffix: the suffix of its files (``.onnx``); None for the eager model of a checkpoint.
         description: one line for help texts.
         exports: whether ``segtune export`` writes this format (the eager runtime reads checkpoints only).
+        via: the format this one is converted from (OpenVINO: ``onnx``), whose readying of the model
+            (the family's ``ready_for_export``), exporter choice and opset it shares; empty: none.
     """
 
     name = ""
     suffix: str | None = None
     description = ""
     exports = True
+    via = ""
+
+    @property
+    def graph_format(self) -> str:
+        """The format the model is written as first: :attr:`via`, else the runtime's own name."""
+        return self.via or self.name
+
+    def companions(self, path: Path) -> list[Path]:
+        """The other files a file at ``path`` needs beside it (OpenVINO's ``.bin``): written, moved and removed
+        with it; none by default."""
+        return []
 
     def export(self, model: torch.nn.Module, sample: torch.Tensor, path: Path, request: ExportRequest) -> str:
         """Write ``model`` (in eval mode; a copy the runtime may change) to ``path``; return the exporter used."""
@@ -81,6 +94,12 @@ class Runtime:
     def load(self, path: Path, meta: dict[str, Any], *, device: torch.device) -> Any:
         """The model in file ``path`` (its sidecar ``meta``) as a callable: ``[float[3, H, W]] -> [dict]``."""
         raise NotImplementedError
+
+    def load_for_check(self, path: Path, meta: dict[str, Any]) -> Any:
+        """The file at ``path`` as :meth:`load` runs it on the CPU, but in the number format it was written in,
+        for the export's parity check: no reduced precision the runtime would pick by itself (OpenVINO's
+        bf16 on CPUs with AMX)."""
+        return self.load(path, meta, device=torch.device("cpu"))
 
 
 RUNTIMES: Registry[Runtime] = Registry("runtime")
