@@ -85,7 +85,14 @@ def checkpoint_data(ckpt: dict[str, Any], data: str | None = None, split: str = 
     that data set moved."""
     state = run_state_of(ckpt)
     path = state.val_path if split == "test" and state.val_path else state.data_path
-    return dataclasses.replace(checkpoint_config(ckpt).data, path=data or path)
+    cfg = checkpoint_config(ckpt).data
+    if not data or not path:
+        return dataclasses.replace(cfg, path=data or path)
+    # files the run named inside the old folder (a class map, an image root) are in the new one now
+    moved = {name: str(Path(data) / Path(value).relative_to(path))
+             for name in ("class_map", "image_root") for value in [getattr(cfg, name)]
+             if value and Path(value).is_relative_to(path)}
+    return dataclasses.replace(cfg, path=data, **moved)
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -9,11 +9,12 @@ import contextlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
-import openvino
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -25,6 +26,7 @@ from segtune.fileio import current_umask
 from segtune.predict import Predictor
 from segtune.runtimes import open_model
 from segtune.runtimes.openvino import OPENVINO, PRECISION_ENV, explicit_empty_constants
+from segtune.runtimes.openvino_core import shared_core
 from tests.conftest import TINY_MODEL, make_mask_folder, short_run_settings
 from tests.detector import CLASSES, Detector, found, shapes_image
 from tests.export.test_export import _images, _photo_sized_images
@@ -102,7 +104,7 @@ def test_the_precision_hint_comes_from_the_environment(ir: tuple[Path, str], tmp
     xml, _ = ir
     image, objects = shapes_image(tmp_path / "shapes.png", seed=5)
     monkeypatch.delenv(PRECISION_ENV)
-    default = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
+    default = shared_core().get_property("CPU", "INFERENCE_PRECISION_HINT").to_string()
     assert Predictor.from_checkpoint(xml, device="cpu").model.precision == default  # OpenVINO's choice
     for hint in ("bf16", "f32"):  # bf16 runs as f32 where the CPU has no bf16: either way it still detects
         monkeypatch.setenv(PRECISION_ENV, hint)
@@ -175,7 +177,7 @@ def test_an_if_branch_that_returns_an_empty_constant_reads_as_empty(tmp_path: Pa
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert explicit_empty_constants(model.graph) == 1
     onnx.save(model, tmp_path / "if.onnx")
-    core = openvino.Core()
+    core = shared_core()
     request = core.compile_model(core.read_model(tmp_path / "if.onnx"), "CPU").create_infer_request()
     for given in (np.array([], np.int64), np.array([5, 6], np.int64), np.array([], np.int64)):
         assert np.array_equal(request.infer([given])[0], given)
@@ -202,3 +204,23 @@ def test_the_tutorial_model_and_a_faster_rcnn_export_with_parity(tmp_path: Path,
         assert ("masks" in b) == (model == "maskrcnn_resnet50_fpn")
         parity = compare(a, b, score_threshold=0.05)
         assert parity.ok, (path.name, parity.problems)
+
+
+def test_two_files_released_in_the_order_opened_leave_signals_working(ir: tuple[Path, str]) -> None:
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack per Core; with a Core per file, releasing
+    two files in the order they were opened left it on unmapped memory and the next SIGCHLD killed the process
+    with SIGSEGV (segtune's suite died so). Run in a child process, which that would kill."""
+    xml, _ = ir
+    script = f"""
+import gc, signal, subprocess, sys
+from segtune.runtimes import open_model
+first, second = open_model({str(xml)!r}), open_model({str(xml)!r})
+del first; gc.collect()
+del second; gc.collect()
+signal.signal(signal.SIGCHLD, lambda *args: None)  # a handler: the signal is taken on the alternate stack
+for _ in range(5):
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("survived")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("survived"), (done.returncode, done.stderr[-2000:])

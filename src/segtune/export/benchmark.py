@@ -31,11 +31,12 @@ from segtune.data import build_dataset
 from segtune.errors import SegtuneError
 from segtune.evaluation import dataset_ground_truth, evaluate_model
 from segtune.export.exporter import default_output, export_loaded
+from segtune.export.int8 import Int8Request
 from segtune.fileio import write_json
 from segtune.models.min_score import min_score_inside
 from segtune.models.precision import autocast, float_outputs, inference_precision
 from segtune.machine import cpu_has_native_bf16, cpu_name
-from segtune.runtimes import InferenceOnly, LoadedModel, export_formats, open_model
+from segtune.runtimes import InferenceOnly, LoadedModel, export_formats, export_runtime, open_model
 from segtune.threads import configure_threads, describe_threads
 
 logger = logging.getLogger(__name__)
@@ -85,18 +86,31 @@ def _time(runner: Any, images: list[torch.Tensor], min_score: float = 0.0) -> tu
     return round(statistics.median(times) * 1000, 1), round(len(times) / sum(times), 2)
 
 
-def _exported(loaded: LoadedModel, name: str, out: Path, score_threshold: float | None) -> tuple[Any, str, float]:
-    """``(runner, status, size in MB)`` of the opened checkpoint exported as ``name`` to ``out``; SegtuneError
-    when it fails."""
-    result = export_loaded(loaded, name, out=out, score_threshold=score_threshold)
+INT8 = "-int8"
+
+
+def _exported(loaded: LoadedModel, name: str, folder: Path, score_threshold: float | None) -> tuple[Any, str, float]:
+    """``(runner, status, size in MB)`` of the opened checkpoint exported as path ``name`` (a format, or a format
+    and :data:`INT8`: quantised with ``--int8``'s defaults and gate) into ``folder``; SegtuneError when it fails."""
+    fmt = name.removesuffix(INT8)
+    out = folder / default_output(loaded.path, fmt).name
+    if name != fmt:
+        out = out.with_name(f"{out.stem}{INT8}{out.suffix}")
+    result = export_loaded(loaded, fmt, out=out, score_threshold=score_threshold,
+                           int8=Int8Request() if name != fmt else None)
     status = "parity passed" if result.parity.ok else "parity FAILED: " + "; ".join(result.parity.problems)
+    if result.int8 is not None:
+        status += f"; int8 {result.int8.summary()}"
     runner = open_model(out).model
     return runner, status, round(result.size_mb, 1)
 
 
-def default_paths() -> tuple[str, ...]:
-    """The eager model in float32 and in bf16, then every registered runtime that exports (plug-ins included)."""
-    return ("eager", "eager-bf16", *export_formats())
+def default_paths(int8: bool = False) -> tuple[str, ...]:
+    """The eager model in float32 and in bf16, then every registered runtime that exports (plug-ins included),
+    then (``int8``) those that quantise, quantised (``openvino-int8``: calibration and AP gate take minutes)."""
+    formats = export_formats()
+    quantised = [f"{name}{INT8}" for name in formats if export_runtime(name).int8_scopes] if int8 else []
+    return ("eager", "eager-bf16", *formats, *quantised)
 
 
 def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str, ...] | None = None,
@@ -128,7 +142,7 @@ def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str,
             runner, status = _Bf16(model), "ok"
         else:
             try:
-                runner, status, size = _exported(loaded, name, default_output(weights, name), None)
+                runner, status, size = _exported(loaded, name, weights.parent, None)
             except SegtuneError as e:
                 rows.append(BenchmarkRow(name, f"failed: {e}"))
                 continue
@@ -142,8 +156,7 @@ def benchmark_run(run: str | os.PathLike, *, images: int = 20, paths: tuple[str,
             else:  # the threshold is inside an exported file: export again, into a folder of its own
                 with tempfile.TemporaryDirectory(prefix="segtune-benchmark-") as tmp:
                     try:
-                        fast, _, _ = _exported(loaded, name, Path(tmp) / default_output(weights, name).name,
-                                               predict_threshold)
+                        fast, _, _ = _exported(loaded, name, Path(tmp), predict_threshold)
                         row.predict_ms_per_image, row.predict_images_per_s = _time(fast, sample)
                     except SegtuneError as e:
                         row.status += f"; at score >= {predict_threshold}: failed: {e}"

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from segtune.errors import ConfigError
+from segtune.export.int8 import Int8Gate, Int8Request, open_int8_data, quantize_checked
 from segtune.export.parity import Parity, compare
 from segtune.fileio import current_umask, write_json
 from segtune.models import family_of
@@ -29,7 +30,7 @@ from segtune.models.family import OUTPUT_ORDER
 from segtune.models.min_score import has_min_score, set_min_score
 from segtune.run_files import best_checkpoint
 from segtune.runtimes import (
-    ExportRequest, LoadedModel, export_runtime, open_model, sidecar_path,
+    ExportRequest, LoadedModel, export_formats, export_runtime, open_model, sidecar_path,
 )
 from segtune.runtimes.base import SIDECAR_VERSION
 from segtune.version import __version__
@@ -49,6 +50,7 @@ class ExportResult:
     size_mb: float
     parity: Parity
     notes: list[str] = field(default_factory=list)
+    int8: Int8Gate | None = None  # how the INT8 file compared with the float one (``--int8``)
 
 
 def output_names(model: torch.nn.Module, answer: dict[str, Any]) -> list[str]:
@@ -107,24 +109,26 @@ def _check_output(path: Path, fmt: str) -> None:
 
 def export_model(checkpoint: str | os.PathLike, fmt: str = "onnx", *, out: str | os.PathLike | None = None,
                  opset: int = DEFAULT_OPSET, exporter: str = "auto", score_threshold: float | None = None,
-                 sample_size: tuple[int, int] = (320, 480)) -> ExportResult:
+                 sample_size: tuple[int, int] = (320, 480), int8: Int8Request | None = None) -> ExportResult:
     """Export the model of ``checkpoint`` (a ``.pt`` file or a run folder) and check the file against it.
 
     ``fmt``: a registered runtime that exports (``onnx``, ``torchscript``, or a plug-in's).
     ``score_threshold``: the file itself drops detections scoring below it, before its mask head and the
     pasting of masks (faster prediction); None keeps the model's own (0.05 for torchvision's detectors),
     which is what COCO evaluation of the file needs. The sidecar records it as ``min_score``.
+    ``int8``: quantise the checked file to INT8 and keep it only if its AP passes the gate
+    (:mod:`segtune.export.int8`; runtimes with ``int8_scopes``).
     """
     export_runtime(fmt)  # an unknown format is refused before the checkpoint is read
     path = Path(out) if out else default_output(Path(checkpoint), fmt)
     _check_output(path, fmt)
     return export_loaded(open_model(checkpoint), fmt, out=path, opset=opset, exporter=exporter,
-                         score_threshold=score_threshold, sample_size=sample_size)
+                         score_threshold=score_threshold, sample_size=sample_size, int8=int8)
 
 
 def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opset: int = DEFAULT_OPSET,
                   exporter: str = "auto", score_threshold: float | None = None,
-                  sample_size: tuple[int, int] = (320, 480)) -> ExportResult:
+                  sample_size: tuple[int, int] = (320, 480), int8: Int8Request | None = None) -> ExportResult:
     """:func:`export_model` of a checkpoint already opened (:func:`~segtune.runtimes.open_model`): the export
     works on a copy of its model, so one opened checkpoint serves several exports."""
     runtime = export_runtime(fmt)
@@ -141,6 +145,11 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
             raise ConfigError(f"{name}: has no score threshold inside it to set")
         set_min_score(model, score_threshold)
     family = family_of(model)
+    if int8 is not None and not runtime.int8_scopes:
+        raise ConfigError(f"--int8: not available for the {fmt} format; choose one of "
+                          f"{', '.join(n for n in export_formats() if export_runtime(n).int8_scopes)}")
+    # the data --int8 needs, opened before anything is written (moved data, no test split: refused now)
+    int8_data = open_int8_data(loaded, int8, family.input_spec(model)) if int8 is not None else None
     family.ready_for_export(model, runtime.graph_format)  # OpenVINO's IR is converted from the ONNX file
     generator = torch.Generator().manual_seed(0)
     sample = torch.rand(3, *sample_size, generator=generator)
@@ -170,6 +179,12 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
         with torch.inference_mode():
             parity = compare(reference, exported([sample])[0], score_threshold=0.0)
             parity.problems += _other_size_problems(exported, other, other_reference)
+        gate = None
+        if int8_data is not None and not parity.ok:
+            request.notes.append("--int8 not attempted: the float file failed its check against the checkpoint")
+        elif int8_data is not None:
+            gate = quantize_checked(runtime, tmp, meta, loaded, *int8_data, int8)
+            write_json(sidecar_path(tmp), {**meta, "precision": "int8", "int8": gate.as_json()})
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give the file the usual permissions
         for written, final in moves:
             os.replace(written, final)
@@ -179,6 +194,6 @@ def export_loaded(loaded: LoadedModel, fmt: str, *, out: str | os.PathLike, opse
     seconds = time.perf_counter() - start
     size_mb = sum(final.stat().st_size for _, final in moves[:-1]) / 2**20  # the file and its companions
     return ExportResult(path=path, sidecar=sidecar_path(path), format=fmt, exporter=used, seconds=seconds,
-                        size_mb=size_mb, parity=parity, notes=request.notes)
+                        size_mb=size_mb, parity=parity, notes=request.notes, int8=gate)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class Runtime:
         exports: whether ``segtune export`` writes this format (the eager runtime reads checkpoints only).
         via: the format this one is converted from (OpenVINO: ``onnx``), whose readying of the model
             (the family's ``ready_for_export``), exporter choice and opset it shares; empty: none.
+        int8_scopes: what :meth:`quantize` can quantise to INT8 (``segtune export --int8``), largest part first:
+            the next is tried when the last one loses too much AP; empty: no INT8.
     """
 
     name = ""
@@ -76,6 +79,7 @@ class Runtime:
     description = ""
     exports = True
     via = ""
+    int8_scopes: tuple[str, ...] = ()
 
     @property
     def graph_format(self) -> str:
@@ -94,6 +98,12 @@ class Runtime:
     def load(self, path: Path, meta: dict[str, Any], *, device: torch.device) -> Any:
         """The model in file ``path`` (its sidecar ``meta``) as a callable: ``[float[3, H, W]] -> [dict]``."""
         raise NotImplementedError
+
+    def quantize(self, path: Path, out: Path, images: Iterable[torch.Tensor], count: int, scope: str) -> str:
+        """Write a version of the file at ``path`` with ``scope`` (one of :attr:`int8_scopes`) in INT8 to ``out``
+        (and its companions), calibrated on ``images`` (``count`` of them, ``float32[3, H, W]``, iterable more
+        than once); return what stays in float and why, in one sentence."""
+        raise ConfigError(f"--int8: not available for the {self.name} format")
 
     def load_for_check(self, path: Path, meta: dict[str, Any]) -> Any:
         """The file at ``path`` as :meth:`load` runs it on the CPU, but in the number format it was written in,

@@ -18,8 +18,11 @@ AVX-512 BF16, which those with AMX have, f32 elsewhere) unless ``SEGTUNE_OPENVIN
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +32,24 @@ import torch
 from segtune.errors import CheckpointError, ConfigError, ExportError
 from segtune.runtimes.base import ExportRequest, InferenceOnly, Runtime, register_runtime
 from segtune.runtimes.onnx import ONNX
+from segtune.runtimes.openvino_core import openvino_module, shared_core, signal_stack_kept
 
 #: The environment variable that sets the CPU plugin's INFERENCE_PRECISION_HINT (unset: OpenVINO's default).
 PRECISION_ENV = "SEGTUNE_OPENVINO_PRECISION"
 PRECISIONS = ("f32", "bf16", "f16")
+#: What INT8 quantisation covers, largest first: the operations whose names start so (the ONNX exporter names them
+#: by module). The backbone and FPN are most of a detector's time; the FPN alone is left in float when quantising
+#: it too loses more AP than allowed.
+INT8_SCOPES = {"the backbone and its FPN": ("/backbone/",), "the backbone without its FPN": ("/backbone/body/",)}
+#: Why the rest stays in float (said in the log and the sidecar).
+IN_FLOAT = ("the RPN, RoIAlign, NMS, the box and mask heads and the predictors sit in or after the If branches of "
+            "torchvision's per-image steps, where NNCF 3.4's quantisation fails")
 
 
 def _first_line(error: BaseException) -> str:
     """OpenVINO's error in one line: its last line (the lines above say where in OpenVINO's source it arose)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return (lines[-1] if lines else type(error).__name__)[:300]
-
-
-def _openvino(path: Path) -> Any:
-    try:
-        import openvino
-    except ImportError as e:  # a pinned dependency: only a broken install lands here
-        raise CheckpointError(f"{path}: openvino is not importable ({e})") from None
-    return openvino
 
 
 def explicit_empty_constants(graph: Any) -> int:
@@ -101,7 +104,7 @@ class OpenVinoModel(InferenceOnly):
 
     def __init__(self, path: str | Path, meta: dict[str, Any], *, precision: str | None = None) -> None:
         path = Path(path)
-        ov = _openvino(path)
+        ov = openvino_module(path)
         weights = path.with_suffix(".bin")
         if not weights.is_file():
             raise CheckpointError(f"{path}: its weights {weights.name} are missing beside it; an OpenVINO IR is "
@@ -110,7 +113,7 @@ class OpenVinoModel(InferenceOnly):
         if precision:
             config["INFERENCE_PRECISION_HINT"] = precision
         try:
-            core = ov.Core()
+            core = shared_core()  # one Core a process (see segtune.runtimes.openvino_core)
             self.compiled = core.compile_model(core.read_model(str(path), str(weights)), "CPU", config)
         except Exception as e:  # noqa: BLE001  (OpenVINO raises RuntimeError and its own types for a bad file)
             raise CheckpointError(f"{path}: OpenVINO cannot load it with {weights.name} ({_first_line(e)})") from None
@@ -139,7 +142,7 @@ class OpenVinoRuntime(Runtime):
     def export(self, model: torch.nn.Module, sample: torch.Tensor, path: Path, request: ExportRequest) -> str:
         import onnx
 
-        ov = _openvino(path)
+        ov = openvino_module(path)
         with tempfile.TemporaryDirectory(prefix="segtune-openvino-") as tmp:
             onnx_file = Path(tmp) / "model.onnx"
             used = ONNX.export(model, sample, onnx_file, request)
@@ -147,10 +150,41 @@ class OpenVinoRuntime(Runtime):
             if explicit_empty_constants(graph.graph):
                 onnx.save(graph, str(onnx_file))
             try:
-                ov.save_model(ov.Core().read_model(str(onnx_file)), str(path), compress_to_fp16=False)
+                ov.save_model(shared_core().read_model(str(onnx_file)), str(path), compress_to_fp16=False)
             except Exception as e:  # noqa: BLE001  (the ONNX frontend raises its own types)
                 raise ExportError(f"OpenVINO cannot convert the model's ONNX file: {_first_line(e)}") from None
         return used  # the ONNX exporter that wrote the graph
+
+    int8_scopes = tuple(INT8_SCOPES)
+
+    def quantize(self, path: Path, out: Path, images: Iterable[torch.Tensor], count: int, scope: str) -> str:
+        """NNCF's post-training quantisation of the operations of :data:`INT8_SCOPES` ``[scope]`` (the rest left out
+        with an ignored scope): its mixed preset (activations asymmetric: the FPN's outputs are not ReLU's) and
+        its fast bias correction (the full one refuses graphs with If operations)."""
+        os.environ.setdefault("NNCF_CI", "1")  # read by NNCF at import: no usage telemetry sent from segtune's runs
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" when NNCF loads
+        import nncf
+
+        logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per operation it leaves out
+        ov = openvino_module(path)
+        prefixes = INT8_SCOPES[scope]
+        model = shared_core().read_model(str(path), str(path.with_suffix(".bin")))
+        if not any(op.get_friendly_name().startswith(prefixes) for op in model.get_ordered_ops()):
+            raise ExportError(f"--int8: the model's graph has no operations named {' or '.join(prefixes)}... ("
+                              f"{scope}), which is what segtune quantises; export it without --int8")
+        inside = "|".join(re.escape(prefix) for prefix in prefixes)
+        try:
+            with signal_stack_kept():  # NNCF compiles with Cores of its own
+                quantized = nncf.quantize(model, nncf.Dataset(images, lambda image: image.numpy()), subset_size=count,
+                                          preset=nncf.QuantizationPreset.MIXED,
+                                          ignored_scope=nncf.IgnoredScope(patterns=[f"^(?!{inside}).*"],
+                                                                          validate=False))
+            ov.save_model(quantized, str(out), compress_to_fp16=False)
+        except Exception as e:  # noqa: BLE001  (NNCF and OpenVINO raise their own types)
+            raise ExportError(f"--int8: NNCF could not quantise the model ({type(e).__name__}: "
+                              f"{_first_line(e)})") from None
+        fpn = "" if prefixes[0] == "/backbone/" else "the FPN (in INT8 it lost more AP than allowed), "
+        return f"{scope} in INT8; in float: {fpn}{IN_FLOAT}"
 
     def load(self, path: Path, meta: dict[str, Any], *, device: torch.device) -> Any:
         return OpenVinoModel(path, meta, precision=precision_hint())
